@@ -1,0 +1,165 @@
+"""Sessions (seed 001, Section 3, Eq. 1-2) and their absorbing outcome (Section 4.3).
+
+A session ``S_k = f(c, d, tau_0)`` is the time-ordered run of one customer's turns on
+ONE device in which consecutive turns are at most ``delta_tau`` apart (default 45 s).
+Each session ends in one absorbing state: failure ``r-`` or success ``r+``.
+
+Edge cases, as decided here:
+
+* **Gap exactly ``delta_tau``** stays in the same session (the paper's "at most").
+  The gap is measured between consecutive turns of the raw log, interjections
+  included: saying "stop" keeps a conversation alive.
+* **Device switch**: a turn on another device starts another session even when it
+  follows within ``delta_tau`` (sessions are keyed by customer AND device).
+* **Interjections** (intent in ``INTERJECTION_INTENTS``, e.g. StopIntent/CancelIntent)
+  are removed from the session. When the session's last turn is an interjection the
+  session is absorbed in FAILURE (explicit negative feedback). An interjection in the
+  middle of a session is removed and the path continues from the turn before it to
+  the turn after it (the paper: interjections "that occur before the end ... are
+  removed"), so a user's retry after "stop" still counts as a reformulation.
+* **Implicit feedback**: when the last remaining turn has status ``error`` or
+  ``no_match`` and the user then abandons (the session ends), the session is a
+  FAILURE; an ``error`` turn followed by more turns is an ordinary transition.
+* Otherwise the session is a SUCCESS (success is the absence of failure).
+* A session made only of interjections has no transient state: it is dropped and
+  counted (``interjection_only``).
+* Turns with equal timestamps keep a deterministic order (ties broken by the other
+  columns), so every execution path builds the same sessions.
+
+Output: one row per session (``SESSIONS`` schema) with list columns, so a batch of rows
+never splits a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+DEFAULT_GAP_S = 45.0
+INTERJECTION_INTENTS = frozenset({"stopintent", "cancelintent", "stop", "cancel"})
+FAILURE_STATUSES = ("error", "no_match")
+SUCCESS, FAILURE = "success", "failure"
+
+SESSIONS = pa.schema(
+    [
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("device_id", pa.string(), nullable=False),
+        pa.field("utterances", pa.list_(pa.string()), nullable=False),  # normalized
+        pa.field("interpretations", pa.list_(pa.string()), nullable=False),
+        pa.field("defects", pa.list_(pa.bool_()), nullable=False),
+        pa.field("outcome", pa.string(), nullable=False),  # success / failure
+        pa.field("n_interjections", pa.int64(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """What sessionization saw: turns in, interjections removed, sessions out."""
+
+    n_turns: int
+    n_interjections: int
+    n_sessions: int
+    interjection_only: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def is_interjection(intents: pa.Array | pa.ChunkedArray, names=INTERJECTION_INTENTS) -> np.ndarray:
+    """True where a turn's intent is an interjection (case-insensitive)."""
+    lowered = pc.utf8_lower(intents)
+    return pc.is_in(lowered, value_set=pa.array(sorted(n.lower() for n in names))).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def _normalized(utterances: pa.ChunkedArray) -> pa.Array:
+    """``raylib.schema.normalize_utterance`` vectorized: lower-case, whitespace collapsed."""
+    text = pc.utf8_lower(utterances)
+    text = pc.replace_substring_regex(text, pattern=r"\s+", replacement=" ")
+    return pc.utf8_trim_whitespace(text)
+
+
+def sessionize(
+    interactions: pa.Table,
+    gap_s: float = DEFAULT_GAP_S,
+    interjections=INTERJECTION_INTENTS,
+) -> tuple[pa.Table, SessionStats]:
+    """Split validated ``interactions`` (whole customer/device histories) into sessions.
+
+    Eq. 2: consecutive turns of one (customer, device) with ``tau_{i+1} - tau_i <= gap_s``
+    form one session; see the module docstring for interjections and outcomes.
+    Returns the ``SESSIONS`` table sorted by session_id and the counts.
+    """
+    if gap_s <= 0:
+        raise ValueError("gap_s must be positive")
+    n = interactions.num_rows
+    if n == 0:
+        return SESSIONS.empty_table(), SessionStats(0, 0, 0, 0)
+    order = pc.sort_indices(
+        interactions,
+        sort_keys=[(k, "ascending") for k in
+                   ("customer_id", "device_id", "timestamp", "utterance", "domain", "intent", "slots", "status")],
+    )
+    t = interactions.take(order)
+    cust = t.column("customer_id").to_numpy(zero_copy_only=False)
+    dev = t.column("device_id").to_numpy(zero_copy_only=False)
+    ts = t.column("timestamp").cast(pa.int64()).to_numpy()  # ms since epoch (contract: timestamp[ms])
+
+    new = np.ones(n, dtype=bool)
+    new[1:] = (cust[1:] != cust[:-1]) | (dev[1:] != dev[:-1]) | ((ts[1:] - ts[:-1]) > gap_s * 1000.0)
+    session_of = np.cumsum(new) - 1
+    inter = is_interjection(t.column("intent"), interjections)
+
+    # Failure by explicit feedback: the session's raw last turn is an interjection.
+    last_raw = np.append(np.flatnonzero(new)[1:] - 1, n - 1)
+    ends_interjected = inter[last_raw]
+
+    keep = ~inter
+    kept_session = session_of[keep]
+    sessions_with_turns, first_kept = np.unique(kept_session, return_index=True)
+    n_kept = int(keep.sum())
+    last_kept = np.append(first_kept[1:] - 1, n_kept - 1)
+
+    status = t.column("status").to_numpy(zero_copy_only=False)[keep]
+    implicit_failure = np.isin(status[last_kept], FAILURE_STATUSES)
+    failed = ends_interjected[sessions_with_turns] | implicit_failure
+    outcome = np.where(failed, FAILURE, SUCCESS)
+
+    kept = t.filter(pa.array(keep))
+    offsets = pa.array(np.append(first_kept, n_kept).astype(np.int32))
+    interp = pc.binary_join_element_wise(
+        kept.column("domain"), kept.column("intent"), kept.column("slots"), "|"
+    )
+    first = t.take(pa.array(np.flatnonzero(new)[sessions_with_turns]))
+    session_id = pc.binary_join_element_wise(
+        first.column("customer_id"), first.column("device_id"),
+        pc.cast(first.column("timestamp").cast(pa.int64()), pa.string()), "|",
+    )
+    n_inter = np.bincount(session_of[inter], minlength=int(new.sum()))[sessions_with_turns]
+    table = pa.table(
+        {
+            "session_id": session_id,
+            "customer_id": first.column("customer_id"),
+            "device_id": first.column("device_id"),
+            "utterances": pa.ListArray.from_arrays(offsets, _normalized(kept.column("utterance")).combine_chunks()),
+            "interpretations": pa.ListArray.from_arrays(offsets, interp.combine_chunks()),
+            "defects": pa.ListArray.from_arrays(offsets, kept.column("defect").combine_chunks()),
+            "outcome": pa.array(outcome, pa.string()),
+            "n_interjections": pa.array(n_inter.astype(np.int64)),
+        },
+        schema=SESSIONS,
+    )
+    table = table.take(pc.sort_indices(table, sort_keys=[("session_id", "ascending")]))
+    stats = SessionStats(
+        n_turns=n,
+        n_interjections=int(inter.sum()),
+        n_sessions=table.num_rows,
+        interjection_only=int(new.sum()) - table.num_rows,
+    )
+    return table, stats
