@@ -1,0 +1,178 @@
+"""The HTTP API: one FastAPI app in the ``Ingress`` deployment, in front of ``RewriteLookup``
+and ``HybridRouter`` (reached through their ``DeploymentHandle``).
+
+Endpoints: ``POST /v1/rewrite``, ``POST /v1/route``, ``GET /healthz``, ``GET /v1/versions``
+and ``POST /v1/admin/reload`` (bearer token); the OpenAPI schema is at ``/openapi.json``
+and the docs at ``/docs``. Bad requests never reach a deployment: bodies over the size
+limit get 413, malformed JSON and bodies that break the models in ``serve_apps.models``
+get 422, each with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from raylib.store import Store
+from serve_apps import control
+from serve_apps.models import (
+    ArtifactVersion,
+    HealthResponse,
+    ReloadRequest,
+    ReloadResponse,
+    RewriteRequest,
+    RewriteResponse,
+    RouteRequest,
+    RouteResponse,
+    VersionsResponse,
+)
+from serve_apps.settings import ServeSettings
+
+DEPLOYMENTS = {"rewrites": "RewriteLookup", "policy": "HybridRouter"}
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered with 413 before the
+    app reads it (declared Content-Length or, without one, the bytes actually sent)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _json_error(send, 400, "invalid Content-Length header")
+            if int(declared) > self.max_bytes:
+                return await _json_error(send, 413, f"request body over {self.max_bytes} bytes")
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _json_error(send, 413, f"request body over {self.max_bytes} bytes")
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}]), send)
+
+
+def _replay(messages: list[dict]):
+    queue = list(messages)
+
+    async def receive():
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _json_error(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_api(service: "Ingress") -> FastAPI:
+    """The FastAPI app of one ingress replica (routes close over ``service``)."""
+    api = FastAPI(
+        title="selflearn serving",
+        version="1",
+        description="Query rewriting (seed 001) and hybrid skill routing (seed 002) for a conversational assistant.",
+    )
+    api.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
+    bearer = HTTPBearer(auto_error=False, description="admin token (SELFLEARN_ADMIN_TOKEN)")
+
+    @api.post("/v1/rewrite", response_model=RewriteResponse, summary="Rewrite one utterance or a batch")
+    async def rewrite(body: RewriteRequest) -> dict:
+        return await service.lookup.rewrite.remote(body.texts())
+
+    @api.post(
+        "/v1/route",
+        response_model=RouteResponse,
+        summary="Choose the candidate that serves a request",
+        responses={503: {"description": "no routing policy has been published yet"}},
+    )
+    async def route(body: RouteRequest) -> dict:
+        decision = await service.router.route.remote(body.model_dump())
+        if decision is None:
+            raise HTTPException(503, "no routing policy is loaded yet")
+        return {**decision, "candidate": body.candidates[decision["action"]]}
+
+    @api.get("/healthz", response_model=HealthResponse, summary="Liveness and the served versions")
+    async def healthz() -> dict:
+        rewrites, policy = await asyncio.gather(service.lookup.describe.remote(), service.router.describe.remote())
+        return {"status": "ok", "rewrites": rewrites["version"], "policy": policy["version"]}
+
+    @api.get("/v1/versions", response_model=VersionsResponse, summary="Versions served by each deployment")
+    async def versions() -> dict:
+        rewrites, policy = await asyncio.gather(service.lookup.describe.remote(), service.router.describe.remote())
+        return {"rewrites": ArtifactVersion(**rewrites), "policy": ArtifactVersion(version=policy["version"])}
+
+    @api.post(
+        "/v1/admin/reload",
+        response_model=ReloadResponse,
+        summary="Serve the latest version, a given version, or roll back one version",
+        responses={401: {"description": "missing or wrong admin token"}, 403: {"description": "admin API disabled"},
+                   404: {"description": "no such version"}},
+    )
+    async def reload(body: ReloadRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
+        service.authorize(credentials)
+        deployment = DEPLOYMENTS[body.artifact]
+        handle = service.lookup if body.artifact == "rewrites" else service.router
+        current = (await handle.describe.remote())["version"]
+        name = service.settings.rewrites_name if body.artifact == "rewrites" else service.settings.policy_name
+        versions, latest = await asyncio.to_thread(lambda: (service.store.versions(name), service.store.latest(name)))
+        try:
+            target = control.target_version(versions, latest, current, body.version, body.rollback)
+        except control.VersionNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        async with service.reload_lock:
+            await asyncio.to_thread(control.apply_user_config, service.app_name, deployment, {"version": target})
+        return {"artifact": body.artifact, "previous": current, "version": target}
+
+    return api
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=256,
+    autoscaling_config={
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 64,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 120,
+    },
+)
+@serve.ingress()
+class Ingress:
+    def __init__(self, lookup: DeploymentHandle, router: DeploymentHandle, settings: dict):
+        self.lookup = lookup
+        self.router = router
+        self.settings = ServeSettings(**settings)
+        self.store = Store(self.settings.store_root)
+        self.admin_token = self.settings.resolved_admin_token()
+        self.app_name = serve.get_replica_context().app_name
+        self.reload_lock = asyncio.Lock()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self)
+
+    def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        """401 unless the bearer token equals the admin token; 403 when none is configured."""
+        if self.admin_token is None:
+            raise HTTPException(403, "the admin API is disabled: no admin token is configured")
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.admin_token.encode()):
+            raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})

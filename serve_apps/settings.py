@@ -1,0 +1,49 @@
+"""The serving application's settings: the ``args`` of ``serve_apps.app:build``.
+
+One pydantic model so the same names and defaults hold for ``serve_config.yaml``,
+``selflearn serve`` and the tests. Unknown keys are an error (a typo in a config must
+not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ADMIN_TOKEN_ENV = "SELFLEARN_ADMIN_TOKEN"
+STORE_ENV = "SELFLEARN_STORE"
+
+
+class ServeSettings(BaseModel):
+    """Everything the three deployments need to start.
+
+    ``rewrites_version`` / ``policy_version`` are the versions served at start-up
+    (``latest`` resolves when a replica loads); later swaps go through
+    ``POST /v1/admin/reload``, which rewrites the deployments' ``user_config``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_root: str = Field(default_factory=lambda: os.environ.get(STORE_ENV, "store"))
+    rewrites_name: str = "rewrites"
+    policy_name: str = "policy"
+    rewrites_version: str = "latest"
+    policy_version: str = "latest"
+    rewrite_backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    flag_poll_s: float = Field(default=5.0, gt=0)
+    # None: read SELFLEARN_ADMIN_TOKEN in the ingress replica; unset there -> admin disabled.
+    admin_token: str | None = None
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    decision_log_dir: str | None = "decision_log"
+    decision_log_max_rows: int = Field(default=50_000, gt=0)
+    decision_log_max_age_s: float = Field(default=60.0, gt=0)
+    router_max_batch_size: int = Field(default=64, ge=1)
+    router_batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    seed: int = 0
+
+    def resolved_admin_token(self) -> str | None:
+        """The admin token: the explicit setting, else the environment, else None."""
+        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
