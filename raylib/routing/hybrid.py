@@ -49,6 +49,18 @@ def rpdr(kappa_j: float, kappa_target: float) -> float:
     return float((kappa_target - kappa_j) / (1.0 - kappa_j))
 
 
+def rpdr_for_imperfect_rp(kappa_lp: float, kappa_rp: float, kappa_target: float) -> float:
+    """Eq. 4 without assuming a perfect RP: the smallest RPDR with
+    RPDR · κ_RP + (1 - RPDR) · κ_LP >= κ̃, i.e. (κ̃ - κ_LP) / (κ_RP - κ_LP), clipped to
+    [0, 1] (1 when even RP alone falls short). With κ_RP = 1 it is exactly Eq. 4; by the
+    triangle inequality the mixture replicates at least this linear combination."""
+    if kappa_lp >= kappa_target:
+        return 0.0
+    if kappa_rp <= kappa_target or kappa_rp <= kappa_lp:
+        return 1.0
+    return float(min(1.0, (kappa_target - kappa_lp) / (kappa_rp - kappa_lp)))
+
+
 def mixture(pi_rp: np.ndarray, pi_lp: np.ndarray, rpdr_rows: np.ndarray) -> np.ndarray:
     """Π_HP = RPDR · Π_RP + (1 - RPDR) · Π_LP, row-wise ((B, T), (B, T), (B,))."""
     w = np.asarray(rpdr_rows, dtype=np.float64)[:, None]

@@ -1,0 +1,96 @@
+"""Pre-deployment evaluation of a hybrid policy on held-out logs: OPE of HP (overall and
+per intent), the per-intent replication of RP, LP and HP (the paper's Fig. 7), the
+guard-rail decision and, when the simulator's truth is given, the true values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raylib.routing import ope
+from raylib.routing.data import logged_distributions, padded
+from raylib.routing.features import top_intents
+from raylib.routing.guardrails import GuardRails, decide
+from raylib.routing.hybrid import HybridPolicy, mixture, replication_rates
+
+
+def true_value(pi: np.ndarray, truth: pa.Table) -> float:
+    """V(Π) = mean_i Σ_k Π(k|X_i) r_ik with r the simulator's expected rewards."""
+    rewards = padded(truth.column("expected_rewards").to_pylist(), pi.shape[1])
+    return float((pi * rewards).sum(axis=1).mean())
+
+
+def logging_true_value(log: pa.Table, truth: pa.Table) -> float:
+    """The logging policy's true value: Σ_k Π_0 r_k when the log has Π_0, else the mean
+    expected reward of the logged actions (an unbiased estimate of the same)."""
+    width = max(len(x) for x in truth.column("expected_rewards").to_pylist())
+    logged = logged_distributions(log, width)
+    if logged is not None:
+        return true_value(logged, truth)
+    rewards = padded(truth.column("expected_rewards").to_pylist(), width)
+    actions = log.column("action").to_numpy()
+    return float(rewards[np.arange(len(actions)), actions].mean())
+
+
+def assess(
+    policy: HybridPolicy,
+    test: pa.Table,
+    rails: GuardRails,
+    reward_model=None,
+    truth: pa.Table | None = None,
+    replicates: int = 200,
+    seed: int = 0,
+    defect_threshold: float = 0.5,
+) -> dict:
+    """Everything the train/evaluate jobs report about ``policy`` on the ``test`` logs."""
+    pi_rp, pi_lp, w, _ = policy.model_distributions(test)
+    pi_hp = mixture(pi_rp, pi_lp, w)
+    actions = test.column("action").to_numpy().astype(np.int64)
+    propensity = test.column("propensity").to_numpy().astype(np.float64)
+    reward = test.column("reward").to_numpy().astype(np.float64)
+    logged = logged_distributions(test, pi_hp.shape[1])
+    predicted = reward_model.predict(test) if reward_model is not None else None
+    segments = top_intents(test)
+    args = dict(
+        actions=actions,
+        propensity=propensity,
+        reward=reward,
+        segments=segments,
+        logged=logged,
+        predicted=predicted,
+        defect_threshold=defect_threshold,
+        replicates=replicates,
+        seed=seed,
+    )
+    result_hp = ope.evaluate(pi_hp, **args)
+    models = {"rp": pi_rp, "lp": pi_lp, "hp": pi_hp}
+    overall = {"hp": result_hp["overall"]}
+    for name in ("rp", "lp"):
+        overall[name] = ope.evaluate(pi=models[name], **{**args, "replicates": 0 if replicates == 0 else 50})["overall"]
+    ref = ope.reference_distribution(logged, actions, pi_hp.shape[1])
+    replication = {}
+    for j in np.unique(segments):
+        rows = segments == j
+        replication[str(j)] = {
+            "n": int(rows.sum()),
+            **{name: float(replication_rates(pi[rows], ref[rows]).mean()) for name, pi in models.items()},
+        }
+    current_value = float(reward.mean())
+    report = {
+        "rows": int(test.num_rows),
+        "current_value": current_value,
+        "ope": result_hp["overall"],
+        "ope_segments": result_hp["segments"],
+        "ope_models": overall,
+        "replication": replication,
+        "kappa_target": policy.kappa_target,
+        "rpdr": policy.rpdr,
+        "kappa": policy.kappa,
+        "decision": decide(result_hp, current_value, rails),
+    }
+    if truth is not None:
+        report["true_value"] = {
+            "logging": logging_true_value(test, truth),
+            **{name: true_value(pi, truth) for name, pi in models.items()},
+        }
+    return report

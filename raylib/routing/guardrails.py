@@ -1,0 +1,104 @@
+"""Pre-deployment guard-rails (seed 002, Sec. 3.6): expert-set conditions on the OPE
+results that decide whether a new policy may be published.
+
+Defaults live here; a YAML file (see ``jobs/policy_guardrails.yaml``) overrides any of them:
+
+    min_replication: 0.85          # per intent with >= min_segment_samples requests
+    min_segment_samples: 200
+    max_reward_regression: 0.01    # estimate >= current policy's value - this
+    ips_weight_bounds: [0.7, 1.3]  # mean IPS weight (ideally 1.0)
+    min_ess: 100                   # effective sample size of the IPS weights
+    critical_intents: [PlayMusic]  # intents that must replicate at critical_min_replication
+    critical_min_replication: 0.98
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import yaml
+
+from raylib.errors import UserError
+
+
+@dataclass
+class GuardRails:
+    min_replication: float = 0.85
+    min_segment_samples: int = 200
+    max_reward_regression: float = 0.01
+    ips_weight_bounds: tuple[float, float] = (0.7, 1.3)
+    min_ess: float = 100.0
+    critical_intents: list[str] = field(default_factory=list)
+    critical_min_replication: float = 0.98
+
+    @classmethod
+    def from_yaml(cls, path: str | None) -> "GuardRails":
+        """Defaults overridden by the keys of the YAML file at ``path`` (None: defaults)."""
+        if path is None:
+            return cls()
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise UserError(f"cannot read guard-rails file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"guard-rails file {path} is not valid YAML: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            raise UserError(f"guard-rails file {path}: unknown keys {sorted(set(data) - known)}; known: {sorted(known)}")
+        if "ips_weight_bounds" in data:
+            bounds = data["ips_weight_bounds"]
+            if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]):
+                raise UserError(f"guard-rails file {path}: ips_weight_bounds must be [low, high]")
+            data["ips_weight_bounds"] = (float(bounds[0]), float(bounds[1]))
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(checks: list, name: str, value, threshold, passed: bool, reason: str) -> None:
+    checks.append({"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason})
+
+
+def decide(ope: dict, current_value: float, rails: GuardRails) -> dict:
+    """Apply ``rails`` to an OPE result (``ope.evaluate``) of the new policy; the current
+    policy's value is ``current_value`` (the logged mean reward when it produced the logs).
+
+    Returns ``{"status": "pass"|"fail", "reasons": [failed checks], "checks": [...]}``."""
+    checks: list[dict] = []
+    overall = ope["overall"]
+    estimate = overall.get("estimate")
+    if estimate is None:
+        _check(checks, "reward_regression", None, current_value, False, "no trustworthy reward estimate")
+    else:
+        floor = current_value - rails.max_reward_regression
+        _check(
+            checks,
+            "reward_regression",
+            estimate["value"],
+            floor,
+            estimate["value"] >= floor,
+            f"estimated reward {estimate['value']:.4f} ({overall['estimator']}) below current "
+            f"{current_value:.4f} - {rails.max_reward_regression}",
+        )
+    lo, hi = rails.ips_weight_bounds
+    mean_w = overall["ips_weight_mean"]["value"]
+    _check(checks, "ips_weight_mean", mean_w, [lo, hi], lo <= mean_w <= hi, f"mean IPS weight {mean_w:.3f} outside [{lo}, {hi}]")
+    _check(checks, "ess", overall["ess"], rails.min_ess, overall["ess"] >= rails.min_ess, f"ESS {overall['ess']:.1f} below {rails.min_ess}")
+    for intent, seg in sorted(ope["segments"].items()):
+        critical = intent in rails.critical_intents
+        if seg["n"] < rails.min_segment_samples and not critical:
+            continue
+        need = rails.critical_min_replication if critical else rails.min_replication
+        value = seg["replication"]["value"]
+        _check(
+            checks,
+            f"replication[{intent}]",
+            value,
+            need,
+            value >= need,
+            f"{'critical ' if critical else ''}intent {intent}: replication {value:.3f} below {need}",
+        )
+    failed = [c["reason"] for c in checks if not c["passed"]]
+    return {"status": "fail" if failed else "pass", "reasons": failed, "checks": checks}
