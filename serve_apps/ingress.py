@@ -14,7 +14,9 @@ import asyncio
 import hmac
 import json
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -83,6 +85,13 @@ async def _json_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 listing where and why the request broke the model. The offending input is not
+    echoed back: it may be huge, or a NaN that JSON cannot carry."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def make_api(service: "Ingress") -> FastAPI:
     """The FastAPI app of one ingress replica (routes close over ``service``)."""
     api = FastAPI(
@@ -91,6 +100,7 @@ def make_api(service: "Ingress") -> FastAPI:
         description="Query rewriting (seed 001) and hybrid skill routing (seed 002) for a conversational assistant.",
     )
     api.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
+    api.add_exception_handler(RequestValidationError, validation_error)
     bearer = HTTPBearer(auto_error=False, description="admin token (SELFLEARN_ADMIN_TOKEN)")
 
     @api.post("/v1/rewrite", response_model=RewriteResponse, summary="Rewrite one utterance or a batch")
