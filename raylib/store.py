@@ -6,14 +6,15 @@ Layout under ``root`` (a local path or any ``pyarrow.fs`` URI: ``file://``, ``s3
     <name>/v000001/<key>.parquet    a pa.Table      (.json: a dict, .bin: raw bytes)
     <name>/LATEST                   the version id that ``load(name)`` returns
     <name>/ENABLED                  feature flag, "true" / "false" (absent: enabled)
-    <name>/.tmp-<uuid>/             a publish in flight (or one that crashed): never read
+    <name>/.tmp-<uuid>/             a publish in flight, or left by a crash: never read, safe to delete
 
 Atomicity. ``publish`` writes every file of the new version, the manifest last, under a
 temporary directory, then moves it to its version id, then flips ``LATEST`` (written to a
 temporary file, then moved over the old pointer). A version exists for ``versions`` and
 ``load`` only when its directory holds a manifest, and ``latest`` is whatever ``LATEST``
-names, so a crash at any point leaves the previous version as latest and no half version
-visible:
+names, so a crash at any point before the flip leaves the previous version as latest and
+no half version visible (the flip is the commit point; tests/test_store.py kills a publish
+at every step):
 
 - on a local filesystem the directory move is one ``rename(2)``: the complete version
   appears at once or not at all;
