@@ -1,0 +1,181 @@
+"""Serving parts without Serve: rewrite index, version choice, config rewrite for swaps,
+decision-log rows and the rotating writer, request models, settings and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from raylib.routing.toy import ToyBandit
+from raylib.schema import read_table, validate
+from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
+from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
+from serve_apps.models import MAX_BATCH, ReloadRequest, RewriteRequest, RouteRequest
+from serve_apps.rewrite_index import MemoryRewriteIndex, best_rewrites
+from serve_apps.run import main, packaged_config, serve_config
+
+
+def test_best_rewrites_keeps_the_top_scoring_target_and_skips_nulls():
+    table = pa.table({
+        "utterance": ["a", "a", "b", None, "c"],
+        "rewrite": ["a1", "a2", "b1", "x", None],
+        "score": [0.2, 0.7, 0.5, 0.9, 0.9],
+    })
+    utterances, rewrites, scores = best_rewrites(table)
+    assert dict(zip(utterances, zip(rewrites, scores))) == {"a": ("a2", 0.7), "b": ("b1", 0.5)}
+
+
+def test_memory_index_lookup_in_order_with_misses():
+    index = MemoryRewriteIndex(pa.table({"utterance": ["x y", "z"], "rewrite": ["X Y", "Z"], "score": [1.0, 0.5]}), "v000001")
+    assert asyncio.run(index.lookup(["z", "nope", "x y"])) == [("Z", 0.5), (None, None), ("X Y", 1.0)]
+    assert index.size() == 2
+
+
+@pytest.mark.parametrize(
+    "current, version, rollback, expected",
+    [
+        ("v000002", None, False, "v000003"),
+        ("v000003", "v000001", False, "v000001"),
+        ("v000003", None, True, "v000002"),
+        ("v000002", None, True, "v000001"),
+    ],
+)
+def test_target_version(current, version, rollback, expected):
+    versions = ["v000001", "v000002", "v000003"]
+    assert target_version(versions, "v000003", current, version, rollback) == expected
+
+
+@pytest.mark.parametrize(
+    "versions, latest, current, version, rollback, message",
+    [
+        (["v000001"], "v000001", "v000001", None, True, "oldest"),
+        (["v000001"], "v000001", None, None, True, "not in the store"),
+        (["v000001"], "v000001", "v000001", "v000007", False, "no version 'v000007'"),
+        ([], None, None, None, False, "nothing has been published"),
+    ],
+)
+def test_target_version_errors(versions, latest, current, version, rollback, message):
+    with pytest.raises(VersionNotFound, match=message):
+        target_version(versions, latest, current, version, rollback)
+
+
+def test_swap_config_changes_only_the_deployments_user_config():
+    details = {
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "proxy_location": "EveryNode",
+        "applications": {
+            "selflearn": {"deployed_app_config": {
+                "name": "selflearn", "import_path": "serve_apps.app:build", "args": {"store_root": "/s"},
+                "deployments": [{"name": "HybridRouter", "user_config": {"version": "v000001", "max_batch_size": 64}}],
+            }},
+            "other": {"deployed_app_config": {"name": "other", "import_path": "x:y"}},
+        },
+    }
+    config = deployed_config(details)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8000} and len(config["applications"]) == 2
+    config, router = with_user_config(config, "selflearn", "HybridRouter", {"version": "v000002"})
+    assert router == {"version": "v000002", "max_batch_size": 64}
+    config, lookup = with_user_config(config, "selflearn", "RewriteLookup", {"version": "v000004"})
+    app = config["applications"][0]
+    assert app["args"] == {"store_root": "/s"} and lookup == {"version": "v000004"}
+    assert [d["name"] for d in app["deployments"]] == ["HybridRouter", "RewriteLookup"]
+    assert config["applications"][1] == {"name": "other", "import_path": "x:y"}
+
+
+def test_swap_config_needs_a_declarative_deployment():
+    with pytest.raises(Exception, match="deployed from a config"):
+        deployed_config({"applications": {"a": {"deployed_app_config": None}}})
+
+
+def _decisions(n: int, version: str = "v000001"):
+    rows = ToyBandit(seed=0).routing(n, seed=3)[0].to_pylist()
+    requests = [{"utterance": r["utterance"], "candidates": r["candidates"], "context": r["context"],
+                 "customer_id": r["customer_id"] if i % 2 else None} for i, r in enumerate(rows)]
+    decisions = []
+    for r in requests:
+        k = len(r["candidates"])
+        probs = [1.0 / k] * k
+        decisions.append({"action": k - 1, "propensity": probs[-1], "decided_by": "lp", "probabilities": probs})
+    ids = [f"req{i}" for i in range(n)]
+    return decision_rows(requests, decisions, ids, version, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def test_decision_rows_are_valid_routing_log_rows():
+    rows = _decisions(6)
+    checked = validate(pa.Table.from_pylist(rows), "routing_log")
+    assert checked.n_rejected == 0 and checked.good.num_rows == 6
+    first = checked.good.to_pylist()[0]
+    assert first["customer_id"] == ANONYMOUS_CUSTOMER and first["reward"] is None
+    assert first["policy_version"] == "v000001" and first["propensity"] == first["propensities"][first["action"]]
+
+
+def test_writer_rotates_by_size_and_by_age_and_flushes_on_close(tmp_path):
+    writer = DecisionLogWriter(str(tmp_path), max_rows=5, max_age_s=0.3)
+    writer.append(_decisions(12))  # over max_rows: written by the background thread
+    deadline = time.monotonic() + 5
+    while writer.stats["rows"] < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.stats["rows"] == 12
+    writer.append(_decisions(2))  # under max_rows: written once 0.3 s old
+    deadline = time.monotonic() + 5
+    while writer.stats["rows"] < 14 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.stats == {"rows": 14, "rejected": 0, "files": 2}
+    writer.max_age_s = 3600
+    writer.append(_decisions(3))
+    assert writer.stats["rows"] == 14
+    written = writer.close()  # shutdown writes what is buffered
+    assert len(written) == 1 and writer.stats["rows"] == 17
+    assert read_table(str(tmp_path), "routing_log").num_rows == 17
+    assert len(list((tmp_path / "routing_log").iterdir())) == 3
+
+
+def test_writer_quarantines_rows_that_break_the_contract(tmp_path):
+    rows = _decisions(3)
+    rows[1]["propensity"] = 0.0  # a zero logging probability cannot be learned from
+    writer = DecisionLogWriter(str(tmp_path), max_rows=100, max_age_s=3600)
+    writer.append(rows)
+    writer.close()
+    assert writer.stats == {"rows": 2, "rejected": 1, "files": 2}
+    rejected = read_table(str(tmp_path), "rejected")
+    assert rejected.column("reason").to_pylist() == ["propensity 0.0 not in (0, 1]"]
+
+
+def test_request_models():
+    assert RewriteRequest(utterance="hi").texts() == ["hi"]
+    assert RewriteRequest(utterances=["a", "b"]).texts() == ["a", "b"]
+    with pytest.raises(ValidationError, match="exactly one"):
+        RewriteRequest()
+    with pytest.raises(ValidationError):
+        RewriteRequest(utterances=["a"] * (MAX_BATCH + 1))
+    with pytest.raises(ValidationError, match="either 'version' or 'rollback'"):
+        ReloadRequest(artifact="policy", version="v000001", rollback=True)
+    row = ToyBandit(seed=0).routing(1, seed=0)[0].to_pylist()[0]
+    body = {"utterance": row["utterance"], "candidates": row["candidates"], "context": row["context"]}
+    assert RouteRequest.model_validate(body).customer_id is None
+    body["context"] = {**row["context"], "hour": "3"}  # strict: no string -> int coercion
+    with pytest.raises(ValidationError, match="hour"):
+        RouteRequest.model_validate(body)
+
+
+def test_serve_config_merges_args_and_checks_settings(tmp_path):
+    config = serve_config(packaged_config(), {"store_root": "rel/store", "router_max_batch_size": 8}, port=9999)
+    app = config["applications"][0]
+    assert app["import_path"] == "serve_apps.app:build"
+    assert app["args"]["store_root"].startswith("/") and app["args"]["router_max_batch_size"] == 8
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 9999}
+    with pytest.raises(Exception, match="bad serving settings"):
+        serve_config(packaged_config(), {"no_such_setting": 1})
+
+
+def test_cli_bad_arguments_are_one_line_errors(capsys):
+    assert main(["--set", "rewrite_backend=postgres"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad serving settings") and err.count("\n") == 1
+    assert main(["--set", "novalue"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
