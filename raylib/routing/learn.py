@@ -152,3 +152,28 @@ def learn_hybrid(
         },
     )
     return Refresh(policy, reward_model, histories)
+
+
+@dataclass
+class CrossFitRewardModel:
+    """q̂ for evaluating on the same logs it learns from: two reward models, each trained on
+    one half (by request id) and predicting the other half (2-fold cross-fitting)."""
+
+    halves: tuple[RewardModel, RewardModel]
+
+    @classmethod
+    def fit(cls, table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> "CrossFitRewardModel":
+        fold = cls._fold(table)
+        models = tuple(fit_reward_model(table.filter(pa.array(fold == k)), vocab, s)[0] for k in (0, 1))
+        return cls(models)
+
+    @staticmethod
+    def _fold(table: pa.Table) -> np.ndarray:
+        from raylib.routing.data import split_labels
+
+        return (split_labels(table.column("request_id").to_pylist(), (0.5, 0.5, 0.0), salt="crossfit") != "train").astype(int)
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        fold = self._fold(table)
+        a, b = self.halves[1].predict(table), self.halves[0].predict(table)
+        return np.where((fold == 0)[:, None], a, b)

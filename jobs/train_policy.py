@@ -1,0 +1,125 @@
+"""Train the hybrid RP/LP skill-routing policy (seed 002), evaluate it off-policy, apply
+the guard-rails and publish it (store name "policy") only when they pass.
+
+    python -m jobs.train_policy --data DIR --out DIR [--store URI] [--guardrails YAML]
+    ray job submit --working-dir . -- python -m jobs.train_policy --data DIR --out DIR
+
+DIR holds the contract tables: ``routing_log`` (required), ``feedback`` (joined onto rows
+whose reward is null) and the simulator's ``truth_routing`` (true values in the summary).
+Exit code: 0 when the guard-rails pass (policy published), 1 when they fail (nothing
+published), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jobs._cli import entrypoint
+from raylib.errors import UserError
+
+
+def parse_args(argv, prog):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="directory (or URI) holding the routing_log table")
+    p.add_argument("--out", required=True, help="directory for summary.json, report.md, charts, rejected/")
+    p.add_argument("--store", help="artifact store root (default: OUT/store)")
+    p.add_argument("--guardrails", help="guard-rails YAML (default: built-in; see jobs/policy_guardrails.yaml)")
+    p.add_argument("--objective", choices=("ips", "snips", "dr"), default="ips", help="LP objective (default ips, Eq. 2)")
+    p.add_argument("--clip", type=float, help="cap on 1/propensity in the LP objective (weight clipping)")
+    p.add_argument("--kappa-target", type=float, default=0.9, help="desired minimum replication κ̃ per intent")
+    p.add_argument("--lp-only", action="store_true", help="LP-daily cadence: keep the RP of the latest published policy")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs per network")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
+    p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
+    p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
+    p.add_argument("--refresh-rounds", type=int, default=0, help="also run N simulated refreshes (needs world.json in DATA)")
+    p.add_argument("--refresh-rows", type=int, default=4000, help="requests per simulated refresh round")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "num_workers"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0.0 < args.kappa_target <= 1.0:
+        raise UserError("--kappa-target must be in (0, 1]")
+    return args
+
+
+def learn_settings(args):
+    from raylib.routing.learn import LearnSettings
+    from raylib.routing.train import TrainSettings
+
+    def net(seed):
+        return TrainSettings(epochs=args.epochs, clip=args.clip, seed=args.seed + seed)
+
+    return LearnSettings(
+        objective=args.objective,
+        kappa_target=args.kappa_target,
+        rp=net(0),
+        lp=net(1),
+        reward=net(2),
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        storage_path=os.path.abspath(os.path.join(args.out, "ray_train")),
+    )
+
+
+@entrypoint
+def main(argv=None, prog=None) -> int:
+    args = parse_args(argv, prog)
+    os.makedirs(args.out, exist_ok=True)
+
+    import ray
+
+    from raylib.routing.assess import assess
+    from raylib.routing.guardrails import GuardRails
+    from raylib.routing.hybrid import HybridPolicy
+    from raylib.routing.job_io import load_inputs, write_outputs
+    from raylib.routing.learn import learn_hybrid
+    from raylib.routing.refresh import split
+    from raylib.store import Store
+
+    rails = GuardRails.from_yaml(args.guardrails)
+    data = load_inputs(args.data, args.out)
+    if data.log.num_rows < 30:
+        raise UserError(f"only {data.log.num_rows} learnable routing rows in {args.data}; need at least 30")
+    store = Store(args.store or os.path.join(args.out, "store"))
+    fixed = None
+    if args.lp_only:
+        if store.latest("policy") is None:
+            raise UserError("--lp-only needs an already published policy in the store")
+        fixed = HybridPolicy.from_artifact(store.load("policy"))
+
+    if args.num_workers > 0:  # Ray Train workers; in-process training needs no runtime
+        ray.init()
+    settings = learn_settings(args)
+    parts = split(data.log, data.truth)
+    refresh = learn_hybrid(parts["train"][0], parts["validation"][0], settings, fixed)
+    test_log, test_truth = parts["test"]
+    result = assess(refresh.policy, test_log, rails, refresh.reward_model, test_truth, args.replicates, args.seed)
+    summary = {"data": data.summary(), **result, "training": refresh.histories, "guardrails": rails.to_dict()}
+    summary["refresh"] = run_refreshes(args, settings, rails) if args.refresh_rounds else None
+    if result["decision"]["status"] == "pass":
+        meta = {"decision": result["decision"]["status"], "ope": result["ope"], "lp_only": args.lp_only, **refresh.policy.info}
+        summary["published_version"] = store.publish("policy", refresh.policy.to_files(), metadata=meta)
+    else:
+        summary["published_version"] = None
+    written = write_outputs(args.out, summary, "Hybrid routing policy: training and pre-deployment evaluation")
+    print(f"decision {written['decision']['status']}; published {written['published_version']}; report {args.out}/report.md")
+    return 0 if result["decision"]["status"] == "pass" else 1
+
+
+def run_refreshes(args, settings, rails) -> dict:
+    """HP1..HPn on the simulated world stored with the data (``world.json``)."""
+    from raylib.routing.refresh import refresh_curve
+    from raylib.sim import World
+
+    world = World.from_dir(args.data)
+    return refresh_curve(
+        world, args.refresh_rounds, args.refresh_rows, args.refresh_rows, args.seed, settings, rails, None, args.replicates
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

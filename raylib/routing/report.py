@@ -1,0 +1,135 @@
+"""report.md and charts for the routing jobs: the OPE table (Table 1 metrics of RP, LP, HP),
+RPDR per intent, the guard-rail decision, true values when known, the per-intent
+replication chart of RP, LP and HP (like the paper's Fig. 7) and the refresh curve."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, dict):
+        if x.get("lo") is None or x["lo"] != x["lo"]:
+            return f"{x['value']:.4f}"
+        return f"{x['value']:.4f} [{x['lo']:.4f}, {x['hi']:.4f}]"
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    return str(x)
+
+
+OPE_ROWS = (
+    ("IPS expected reward", "ips"),
+    ("SNIPS", "snips"),
+    ("DM", "dm"),
+    ("DR", "dr"),
+    ("estimate used", "estimate"),
+    ("replication", "replication"),
+    ("replication (defect)", "replication_defect"),
+    ("replication (non-defect)", "replication_nondefect"),
+    ("L1 distance mean", "l1_mean"),
+    ("L1 distance std", "l1_std"),
+    ("mean IPS weight", "ips_weight_mean"),
+    ("max IPS weight", "ips_weight_max"),
+    ("effective sample size", "ess"),
+    ("stochastic exploration", "exploration"),
+    ("stochastic exploration (defect)", "exploration_defect"),
+    ("stochastic exploration (non-defect)", "exploration_nondefect"),
+)
+
+
+def replication_chart(replication: dict, kappa_target: float, path: str) -> str:
+    """Grouped bars of per-intent replication for RP, LP and HP with the κ̃ line."""
+    intents = sorted(replication, key=lambda j: -replication[j]["n"])[:30]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(intents) + 2), 4))
+    width = 0.27
+    for i, name in enumerate(("rp", "lp", "hp")):
+        xs = [k + (i - 1) * width for k in range(len(intents))]
+        ax.bar(xs, [replication[j][name] for j in intents], width, label=name.upper())
+    ax.axhline(kappa_target, color="black", linestyle="--", linewidth=1, label="κ̃")
+    ax.set_xticks(range(len(intents)))
+    ax.set_xticklabels(intents, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("replication rate vs current policy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_chart(refresh: dict, path: str) -> str:
+    """True value of the baseline and each refreshed HP (deployed policy per round)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = list(range(len(refresh["deployed_curve"])))
+    ax.plot(xs, refresh["deployed_curve"], marker="o")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(["baseline"] + [f"HP{i}" for i in xs[1:]])
+    ax.set_ylabel("true expected reward")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: str, summary: dict, title: str) -> str:
+    """Write report.md (and PNG charts) into ``out``; returns the report's path."""
+    lines = [f"# {title}", ""]
+    decision = summary["decision"]
+    lines += [f"**Decision: {decision['status'].upper()}**", ""]
+    lines += [f"- {r}" for r in decision["reasons"]] or ["- every guard-rail passed"]
+    lines.append("")
+    if "data" in summary:
+        lines += ["## Data", "", "| | rows |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in summary["data"].items() if not isinstance(v, dict)]
+        for reason, count in summary["data"].get("rejected_reasons", {}).items():
+            lines.append(f"| rejected: {reason} | {count} |")
+        lines.append("")
+    if summary.get("true_value"):
+        lines += ["## True value (simulator)", "", "| policy | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in summary["true_value"].items()]
+        lines.append("")
+    models = summary["ope_models"]
+    est = models["hp"]
+    lines += [
+        "## Off-policy evaluation (95% bootstrap intervals)",
+        "",
+        f"Estimator used: **{est['estimator']}**; IPS trusted: {est['ips_trusted']}"
+        + (f" ({'; '.join(est['ips_untrusted_reasons'])})" if est["ips_untrusted_reasons"] else "")
+        + f". Current policy's logged reward: {summary['current_value']:.4f}.",
+        "",
+        "| metric | RP | LP | HP |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, key in OPE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(models[m].get(key)) for m in ("rp", "lp", "hp")) + " |")
+    lines += ["", "## Per intent: RPDR and replication", "", f"κ̃ = {summary['kappa_target']}", ""]
+    lines += ["| intent | n | κ (LP) | RPDR | RP | LP | HP |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for j, rep in sorted(summary["replication"].items(), key=lambda kv: -kv[1]["n"]):
+        lines.append(
+            f"| {j} | {rep['n']} | {_fmt(summary['kappa'].get(j))} | {_fmt(summary['rpdr'].get(j))} | "
+            f"{rep['rp']:.3f} | {rep['lp']:.3f} | {rep['hp']:.3f} |"
+        )
+    chart = replication_chart(summary["replication"], summary["kappa_target"], os.path.join(out, "replication.png"))
+    lines += ["", f"![per-intent replication]({os.path.basename(chart)})", ""]
+    if summary.get("refresh"):
+        ref = summary["refresh"]
+        curve = curve_chart(ref, os.path.join(out, "refresh_curve.png"))
+        lines += ["## Consecutive refreshes (simulation)", "", "| round | HP true value | OPE estimate | decision |"]
+        lines += ["| --- | --- | --- | --- |", f"| baseline | {ref['baseline_value']:.4f} | - | - |"]
+        for row in ref["rounds"]:
+            lines.append(
+                f"| HP{row['round']} | {row['hp_true_value']:.4f} | {_fmt(row['ope_estimate'])} | {row['decision']} |"
+            )
+        corr = ref["calibration"]["correlation"]
+        lines += ["", f"OPE estimate vs true value correlation: {_fmt(corr)}", "", f"![refresh curve]({os.path.basename(curve)})", ""]
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
