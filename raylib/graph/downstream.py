@@ -68,7 +68,7 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def heldout_cross_entropy(kind: str, x: np.ndarray, y: np.ndarray, seed: int = 0, lr: float = 1e-3,
-                       batch_size: int = 256, max_epochs: int = 40, patience: int = 3) -> float:
+                       batch_size: int = 256, max_epochs: int = 100, patience: int = 5) -> float:
     """Train classifier ``kind`` on the 6:2:2 split of ``(x, y)``; return test cross-entropy.
     Features are standardised with the training rows' mean and deviation."""
     train, val, test = split_622(len(y), seed)

@@ -37,6 +37,7 @@ class TrainConfig:
     lr: float = 1e-3
     margin: float = 1.0
     epochs: int = 5
+    edges_per_epoch: int | None = None  # cap on the training edges drawn each epoch (None: all)
     seed: int = 0
     torch_threads: int = 1
     crash_after_epoch: int | None = None  # fault injection for the resume test
@@ -44,11 +45,11 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def shard(edges: np.ndarray, epoch: int, rank: int, world: int, seed: int) -> np.ndarray:
+def shard(edges: np.ndarray, epoch: int, rank: int, world: int, seed: int, cap: int | None = None) -> np.ndarray:
     """This worker's equal-size share of the epoch's shuffled training edges (the same
     permutation on every rank, so shards are disjoint; every rank gets the same count so
-    DDP steps stay in lock-step)."""
-    order = np.random.default_rng([seed, epoch]).permutation(edges)
+    DDP steps stay in lock-step), from the first ``cap`` edges of the permutation."""
+    order = np.random.default_rng([seed, epoch]).permutation(edges)[:cap]
     per = len(order) // world
     return order[rank * per : (rank + 1) * per]
 
@@ -87,7 +88,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        mine = shard(data.train_edges, epoch, rank, world, cfg.seed)
+        mine = shard(data.train_edges, epoch, rank, world, cfg.seed, cfg.edges_per_epoch)
         ddp.train()
         began, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         for idx in np.array_split(mine, max(1, len(mine) // cfg.batch_size)):

@@ -1,0 +1,79 @@
+"""Models on a small synthetic graph: exact chunked inference, batches, downstream."""
+
+import numpy as np
+import pytest
+import torch
+
+from raylib.graph.build import build_graph, split_edges
+from raylib.graph.data import GraphData
+from raylib.graph.downstream import defect_cross_entropy, edge_features, one_hot_features, split_622
+from raylib.graph.encoders import HashingNgramEncoder
+from raylib.graph.models import SPECS, build_model
+from raylib.graph.pinsage import importance_neighbours
+from raylib.graph.synthetic import synthetic_tables
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    inter, cust, skills = synthetic_tables(80, 12, 1500, seed=1)
+    g = build_graph(inter, cust, skills)
+    return GraphData.from_graph(g, HashingNgramEncoder(16).encode(g.utterances), split_edges(g.num_edges), seed=0)
+
+
+@pytest.mark.parametrize("name", ["RGCN", "PDRFE (w/ NNConv)", "PDRFE (w/ edge attention)", "PDRFE (w/ factorized conv)"])
+def test_chunked_embedding_equals_full_graph_forward(data, name):
+    torch.manual_seed(0)
+    model = build_model(SPECS[name], data, dim=8).eval()
+    mg = data.message
+    with torch.no_grad():
+        full = model.encode(torch.as_tensor(data.node_codes), torch.as_tensor(np.stack([mg.src, mg.dst()])),
+                            torch.as_tensor(mg.rel.astype(np.int64)),
+                            torch.as_tensor(data.utterance_vectors[data.edge_utterance[mg.eid]]))
+    hc, hs = model.embed(data, edge_budget=97)  # many chunks
+    assert torch.allclose(torch.cat([hc, hs]), full, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_model_scores_a_batch_and_embeds_every_node(data, name):
+    model = build_model(SPECS[name], data, dim=8)
+    rng = np.random.default_rng(0)
+    batch = model.make_batch(data, data.train_edges[:32], rng, negatives=5)
+    pos, neg = model(**{k: torch.as_tensor(v) for k, v in batch.items()})
+    assert pos.shape == (32,) and neg.shape == (32, 5)
+    features = edge_features(model, data)
+    assert features.shape == (len(data.edge_customer), 16) and np.isfinite(features).all()
+    personal = SPECS[name].personalizer
+    same_customer = np.flatnonzero(data.edge_customer == data.edge_customer[0])
+    utts = data.edge_utterance[same_customer]
+    if len(set(utts)) > 1:
+        a, b = same_customer[0], same_customer[np.argmax(utts != utts[0])]
+        assert np.allclose(features[a, :8], features[b, :8]) != personal  # personalized per utterance
+
+
+def test_importance_neighbours_are_co_users():
+    # customers 0,1 share skill 0; customer 2 alone on skill 1
+    cust, skill = np.array([0, 1, 2]), np.array([0, 0, 1])
+    c_csr = (np.array([0, 1, 2, 3]), np.array([0, 1, 2]))
+    s_csr = (np.array([0, 2, 3]), np.array([0, 1, 2]))
+    nb, w = importance_neighbours(c_csr, s_csr, cust, skill, top=2, walks=50, hops=1)
+    assert nb[0, 0] == 1 and nb[1, 0] == 0 and w[0, 0] > 0.9
+    assert w[2].sum() == 0  # nobody else on skill 1: padding only
+
+
+def test_downstream_cross_entropy_rewards_informative_features():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4)).astype(np.float32)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-3 * x[:, 0]))).astype(np.float32)
+    informed = defect_cross_entropy(x, y)
+    blind = defect_cross_entropy(x[:, 1:], y)
+    assert informed["lr"] < blind["lr"] - 0.1 and informed["mlp"] < blind["mlp"] - 0.1
+    assert blind["lr"] == pytest.approx(np.log(2), abs=0.05)
+
+
+def test_split_622_and_one_hot(data):
+    a, b, c = split_622(1000)
+    assert (len(a), len(b), len(c)) == (600, 200, 200) and len(set(a) | set(b) | set(c)) == 1000
+    oh = one_hot_features(data)
+    assert oh.shape == (len(data.edge_customer), data.num_codes) and (oh.sum(1) == 8).all()
