@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 import torch
@@ -54,10 +55,10 @@ def test_two_workers_loss_falls_and_a_killed_run_resumes(tmp_path):
 
 def _write_inputs(root, n_edges=1500):
     inter, cust, skills = synthetic_tables(60, 10, n_edges, seed=4)
-    bad = inter.slice(0, 1).set_column(3, "utterance", [["   "]])  # empty utterance: rejected
-    orphan = inter.slice(1, 1).set_column(0, "customer_id", [["nobody"]])  # no metadata: default features
-    import pyarrow as pa
-    write_table(pa.concat_tables([inter, bad, orphan]), root, "interactions")
+    rows = inter.to_pylist()
+    rows.append({**rows[0], "utterance": "   "})  # empty utterance: rejected
+    rows.append({**rows[1], "customer_id": "nobody"})  # no metadata: default features
+    write_table(pa.Table.from_pylist(rows, schema=inter.schema), root, "interactions")
     write_table(cust, root, "customers")
     write_table(skills, root, "skills")
 
