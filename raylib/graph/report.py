@@ -84,6 +84,13 @@ def markdown_report(summary: dict, chart: str) -> str:
     for e in summary["ablation"]:
         cells = [f"{e[k]['reference']:.4f} / {e[k]['with']:.4f} ({100 * e[k]['improvement']:+.1f}%)" for k in ("lr", "mlp")]
         lines.append(f"| {e['module']} | {e['reference']} -> {e['with']} | {cells[0]} | {cells[1]} |")
+    for module in ABLATIONS:
+        rows = [e for e in summary["ablation"] if e["module"] == module]
+        if rows:
+            helped = sum(e[k]["improvement"] > 0 for e in rows for k in ("lr", "mlp"))
+            verdict = "helps in every comparison" if helped == 2 * len(rows) else (
+                "does not help in any comparison" if helped == 0 else f"helps in {helped} of {2 * len(rows)} comparisons")
+            lines.append(f"\n- {module}: {verdict}.")
     lines += ["", "## Representation learning", "", "| model | final loss | loss by epoch | train edges/s |",
               "| --- | ---: | --- | ---: |"]
     for name, m in summary["training"].items():
