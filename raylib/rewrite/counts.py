@@ -11,6 +11,8 @@ the result does not depend on how sessions were split into batches.
 * ``pair``: ``key1`` = utterance u, ``key2`` = interpretation h: c(u, h) of Eq. 5.
 * ``utterance``: ``key1`` = utterance u: how often it was said (``count``) and how often
   that turn was a defect (``defects``), the friction rate used by the Z-test filter.
+* ``session``: ``key1`` = a ``SessionStats`` field, ``count`` = its value (turns,
+  interjections, sessions), so the stage counts travel with the other sums.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib.rewrite.sessions import FAILURE
+from raylib.rewrite.sessions import FAILURE, SessionStats, session_stats
 
 SUCCESS_STATE, FAILURE_STATE = "<success>", "<failure>"  # never an interpretation key (no '|')
 
@@ -37,8 +39,11 @@ _KEYS = ["kind", "key1", "key2"]
 
 def session_counts(sessions: pa.Table) -> pa.Table:
     """Partial counts (``COUNTS``) of a batch of whole sessions."""
-    if sessions.num_rows == 0:
-        return COUNTS.empty_table()
+    stats = session_stats(sessions).as_dict()
+    stats_rows = pa.table({"kind": ["session"] * len(stats), "key1": list(stats), "key2": [""] * len(stats),
+                           "count": list(stats.values()), "defects": [0] * len(stats)}, schema=COUNTS)
+    if pc.sum(pc.list_value_length(sessions.column("utterances"))).as_py() in (None, 0):
+        return reduce_counts(stats_rows)
     utt = pc.list_flatten(sessions.column("utterances")).combine_chunks()
     interp = pc.list_flatten(sessions.column("interpretations")).combine_chunks()
     defects = pc.list_flatten(sessions.column("defects")).combine_chunks()
@@ -58,7 +63,7 @@ def session_counts(sessions: pa.Table) -> pa.Table:
         pa.table({"kind": pa.array(["utterance"] * n), "key1": utt, "key2": pa.array([""] * n),
                   "count": ones, "defects": defects.cast(pa.int64())}),
     ]
-    return reduce_counts(pa.concat_tables(parts))
+    return reduce_counts(pa.concat_tables([stats_rows.cast(parts[0].schema)] + parts))
 
 
 def reduce_counts(partials: pa.Table | list[pa.Table]) -> pa.Table:
@@ -74,3 +79,10 @@ def reduce_counts(partials: pa.Table | list[pa.Table]) -> pa.Table:
 def of_kind(counts: pa.Table, kind: str) -> pa.Table:
     """The rows of one ``kind``."""
     return counts.filter(pc.equal(counts.column("kind"), kind))
+
+
+def stats_of(counts: pa.Table) -> SessionStats:
+    """The ``SessionStats`` summed into a COUNTS table."""
+    rows = of_kind(counts, "session")
+    values = dict(zip(rows.column("key1").to_pylist(), rows.column("count").to_pylist()))
+    return SessionStats(**{k: int(values.get(k, 0)) for k in SessionStats.__dataclass_fields__})

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from raylib.rewrite.approx import DEFAULT_DEPTH, DEFAULT_EPSILON, DEFAULT_TOP_K, approximate_sources
 from raylib.rewrite.chain import Chain, chain_from_counts
-from raylib.rewrite.counts import of_kind, session_counts
+from raylib.rewrite.counts import of_kind, session_counts, stats_of
 from raylib.rewrite.evidence import evidence_per_pair, pair_evidence
 from raylib.rewrite.filters import FILTERS, FilterParams, apply_filters
 from raylib.rewrite.sessions import DEFAULT_GAP_S, SessionStats, sessionize
@@ -156,14 +156,15 @@ def finalize(candidates: pa.Table, evidence: pa.Table, params: MiningParams) -> 
 
 def mine_local(interactions: pa.Table, params: MiningParams = MiningParams()) -> Mined:
     """The single-process path over validated ``interactions``."""
-    sessions, stats = sessionize(interactions, params.gap_s)
-    model = build_model(session_counts(sessions))
+    sessions = sessionize(interactions, params.gap_s)
+    counts = session_counts(sessions)
+    model = build_model(counts)
     results = approximate_sources(model.chain.Q, model.chain.R, np.arange(model.chain.n_states),
                                   params.depth, params.epsilon, params.top_k)
     candidates = candidate_rewrites(model, results)
     evidence = pair_evidence(sessions, candidates)
     table, removed, rejected = finalize(candidates, evidence, params)
-    return Mined(stats, model, results, candidates, table, removed, rejected)
+    return Mined(stats_of(counts), model, results, candidates, table, removed, rejected)
 
 
 __all__ = ["MiningParams", "Model", "Mined", "REWRITES", "FILTERS", "build_model", "candidate_rewrites",

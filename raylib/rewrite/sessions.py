@@ -21,8 +21,8 @@ Edge cases, as decided here:
   ``no_match`` and the user then abandons (the session ends), the session is a
   FAILURE; an ``error`` turn followed by more turns is an ordinary transition.
 * Otherwise the session is a SUCCESS (success is the absence of failure).
-* A session made only of interjections has no transient state: it is dropped and
-  counted (``interjection_only``).
+* A session made only of interjections has no transient state: it adds nothing to
+  the chain and is counted (``interjection_only``).
 * Turns with equal timestamps keep a deterministic order (ties broken by the other
   columns), so every execution path builds the same sessions.
 
@@ -89,18 +89,19 @@ def sessionize(
     interactions: pa.Table,
     gap_s: float = DEFAULT_GAP_S,
     interjections=INTERJECTION_INTENTS,
-) -> tuple[pa.Table, SessionStats]:
+) -> pa.Table:
     """Split validated ``interactions`` (whole customer/device histories) into sessions.
 
     Eq. 2: consecutive turns of one (customer, device) with ``tau_{i+1} - tau_i <= gap_s``
     form one session; see the module docstring for interjections and outcomes.
-    Returns the ``SESSIONS`` table sorted by session_id and the counts.
+    Returns the ``SESSIONS`` table sorted by session_id; a session made only of
+    interjections stays as a row with empty lists (counted by ``session_stats``, no state).
     """
     if gap_s <= 0:
         raise ValueError("gap_s must be positive")
     n = interactions.num_rows
     if n == 0:
-        return SESSIONS.empty_table(), SessionStats(0, 0, 0, 0)
+        return SESSIONS.empty_table()
     order = pc.sort_indices(
         interactions,
         sort_keys=[(k, "ascending") for k in
@@ -122,26 +123,28 @@ def sessionize(
 
     keep = ~inter
     kept_session = session_of[keep]
-    sessions_with_turns, first_kept = np.unique(kept_session, return_index=True)
-    n_kept = int(keep.sum())
-    last_kept = np.append(first_kept[1:] - 1, n_kept - 1)
+    n_raw = int(new.sum())
+    turns_per_session = np.bincount(kept_session, minlength=n_raw)
+    offsets = np.zeros(n_raw + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum(turns_per_session)
+    last_kept = offsets[1:] - 1  # -1 / duplicate for a session without kept turns: masked below
 
     status = t.column("status").to_numpy(zero_copy_only=False)[keep]
-    implicit_failure = np.isin(status[last_kept], FAILURE_STATUSES)
-    failed = ends_interjected[sessions_with_turns] | implicit_failure
-    outcome = np.where(failed, FAILURE, SUCCESS)
+    implicit_failure = np.zeros(n_raw, dtype=bool)
+    has_turns = turns_per_session > 0
+    implicit_failure[has_turns] = np.isin(status[last_kept[has_turns]], FAILURE_STATUSES)
+    outcome = np.where(ends_interjected | implicit_failure, FAILURE, SUCCESS)
 
     kept = t.filter(pa.array(keep))
-    offsets = pa.array(np.append(first_kept, n_kept).astype(np.int32))
+    offsets = pa.array(offsets)
     interp = pc.binary_join_element_wise(
         kept.column("domain"), kept.column("intent"), kept.column("slots"), "|"
     )
-    first = t.take(pa.array(np.flatnonzero(new)[sessions_with_turns]))
+    first = t.take(pa.array(np.flatnonzero(new)))
     session_id = pc.binary_join_element_wise(
         first.column("customer_id"), first.column("device_id"),
         pc.cast(first.column("timestamp").cast(pa.int64()), pa.string()), "|",
     )
-    n_inter = np.bincount(session_of[inter], minlength=int(new.sum()))[sessions_with_turns]
     table = pa.table(
         {
             "session_id": session_id,
@@ -151,15 +154,20 @@ def sessionize(
             "interpretations": pa.ListArray.from_arrays(offsets, interp.combine_chunks()),
             "defects": pa.ListArray.from_arrays(offsets, kept.column("defect").combine_chunks()),
             "outcome": pa.array(outcome, pa.string()),
-            "n_interjections": pa.array(n_inter.astype(np.int64)),
+            "n_interjections": pa.array(np.bincount(session_of[inter], minlength=n_raw).astype(np.int64)),
         },
         schema=SESSIONS,
     )
-    table = table.take(pc.sort_indices(table, sort_keys=[("session_id", "ascending")]))
-    stats = SessionStats(
-        n_turns=n,
+    return table.take(pc.sort_indices(table, sort_keys=[("session_id", "ascending")]))
+
+
+def session_stats(sessions: pa.Table) -> SessionStats:
+    """Counts of a SESSIONS table (sessions made only of interjections have no turns)."""
+    lengths = pc.list_value_length(sessions.column("utterances")).to_numpy(zero_copy_only=False)
+    inter = sessions.column("n_interjections").to_numpy()
+    return SessionStats(
+        n_turns=int(lengths.sum() + inter.sum()),
         n_interjections=int(inter.sum()),
-        n_sessions=table.num_rows,
-        interjection_only=int(new.sum()) - table.num_rows,
+        n_sessions=int((lengths > 0).sum()),
+        interjection_only=int((lengths == 0).sum()),
     )
-    return table, stats
