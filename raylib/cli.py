@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (_, text) in COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv[:1] or ["--help"])
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv[:1])  # --help exits 0; an unknown command exits 2 with its message
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:], prog=f"selflearn {argv[0]}")
