@@ -1,0 +1,818 @@
+"""The self-learning loop end to end on simulated traffic: ``selflearn demo [--out DIR]``.
+
+    simulate -> mine rewrites -> train PDRFE -> train the hybrid policy -> OPE + guard-rails
+      -> serve (Ray Serve, local) -> rounds of simulated traffic through the HTTP endpoints
+         (POST /v1/rewrite, POST /v1/route; decisions logged with propensities; rewards
+         drawn by the simulator's world and written as a `feedback` table)
+      -> retrain from the decision logs -> redeploy (POST /v1/admin/reload) -> next round
+
+Round 0 is the system before self-learning: no rewrites, the simulator's logging router.
+Each later round serves the latest published rewrite table and policy and measures, on
+HELD-OUT traffic of the same world (a new traffic seed):
+  * defect_rate: the expected defect rate of the users' requests (first attempts and
+    follow-ups) with the served rewrites applied, World.defect_probability(utterance or its
+    rewrite, intended interpretation); the same traffic without rewrites is reported too;
+  * true_reward: the true value of the served routing policy on the round's requests,
+    mean_i sum_k pi(k|x_i) r_ik, with pi the mixture distribution in the decision log and
+    r the simulator's expected rewards.
+After a round the policy is retrained on every decision log so far (each row carries the
+propensity it was logged with), guard-railed, published, and reloaded; the rewrite table
+is re-mined on the round's traffic and merged with the previous version.
+
+Finally the PDRFE customer/skill embeddings are measured as optional router features: a
+direct-method reward model on the decision logs with and without them, each turned into
+a greedy router whose true value is computed on fresh requests (the policy network of
+raylib/routing has no input for extra features, so this is what can be measured).
+
+Every artifact is a store version (OUT/store: rewrites, embeddings, policy, plus the loop's
+feedback/decisions per round and its report). Each stage leaves OUT/stages/<stage>.json
+with its parameters and outputs; a rerun with the same settings reuses finished stages, so
+a killed loop resumes where it stopped. Writes OUT/report.md, OUT/summary.json and PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs._cli import entrypoint
+from jobs.simulate import load_overrides
+from raylib import schema
+from raylib.errors import UserError
+from raylib.sim import resolve
+from raylib.store import Store
+
+REWRITE_BATCH = 256
+ROUTE_CONCURRENCY = 16
+REQUEST_TURNS = ("first", "followup")  # what users ask for; rephrases are the chain's evidence
+PDRFE_MODEL = "PDRFE (w/ edge attention)"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Every knob of a loop run; stage markers are reused only when these match."""
+
+    preset: str = "small"
+    seed: int = 0
+    rounds: int = 3
+    route_requests: int = 2000
+    pdrfe_epochs: int = 2
+    policy_epochs: int = 3
+    eval_requests: int = 3000
+    min_customers: int = 5
+    world: tuple = ()  # simulator setting overrides, as sorted (key path, value) pairs
+
+    def world_overrides(self) -> dict:
+        """The simulator overrides as the nested dict ``simulate`` takes."""
+        nested: dict = {}
+        for path, value in self.world:
+            *parents, leaf = path.split(".")
+            node = nested
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return nested
+
+
+def parse_args(argv, prog):
+    p = argparse.ArgumentParser(prog=prog or "python -m jobs.self_learning_loop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--preset", default="small", choices=("small", "medium", "large"),
+                   help="simulated world size (default: small, about 10 minutes on 2 cores)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--rounds", type=int, default=3, help="served rounds after the baseline round 0 (default 3)")
+    p.add_argument("--route-requests", type=int, default=2000, help="routing requests per round (default 2000)")
+    p.add_argument("--pdrfe-epochs", type=int, default=2, help="PDRFE link-prediction epochs (default 2)")
+    p.add_argument("--policy-epochs", type=int, default=3, help="RP/LP training epochs (default 3)")
+    p.add_argument("--eval-requests", type=int, default=3000,
+                   help="fresh requests for the PDRFE router-feature measurement (default 3000)")
+    p.add_argument("--min-customers", type=int, default=5,
+                   help="distinct customers behind a served rewrite (default 5)")
+    p.add_argument("--config", help="YAML of simulator setting overrides (as for `selflearn simulate --config`), "
+                   "e.g. {population: {n_customers: 500}}")
+    p.add_argument("--fresh", action="store_true", help="ignore stage markers and redo every stage")
+    args = p.parse_args(argv)
+    for name in ("rounds", "route_requests", "pdrfe_epochs", "policy_epochs", "eval_requests", "min_customers"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[loop {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---- stage markers ---------------------------------------------------------------------------
+
+
+class Stages:
+    """A finished stage leaves ``<dir>/<name>.json`` = {params, outputs, seconds}; running a
+    stage whose marker holds the same params returns the recorded outputs instead."""
+
+    def __init__(self, directory: str, fresh: bool = False):
+        self.directory = directory
+        self.fresh = fresh
+        self.ran: list[str] = []
+        self.reused: list[str] = []
+        os.makedirs(directory, exist_ok=True)
+
+    def marker(self, name: str) -> str:
+        return os.path.join(self.directory, f"{name}.json")
+
+    def done(self, name: str, params: dict) -> dict | None:
+        params = json.loads(json.dumps(params))  # compare as recorded (tuples become lists)
+        try:
+            with open(self.marker(name)) as f:
+                recorded = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return recorded["outputs"] if recorded.get("params") == params and not self.fresh else None
+
+    def run(self, name: str, params: dict, work) -> dict:
+        outputs = self.done(name, params)
+        if outputs is not None:
+            log(f"{name}: reused (finished earlier; {self.marker(name)})")
+            self.reused.append(name)
+            return outputs
+        log(f"{name}: running")
+        started = time.monotonic()
+        outputs = work()
+        seconds = round(time.monotonic() - started, 1)
+        tmp = self.marker(name) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"params": params, "outputs": outputs, "seconds": seconds}, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.marker(name))  # the marker appears complete or not at all
+        log(f"{name}: done in {seconds:.0f} s")
+        self.ran.append(name)
+        return outputs
+
+
+# ---- child jobs ------------------------------------------------------------------------------
+
+
+def run_job(module: str, argv: list[str], log_path: str, ok_codes: tuple[int, ...] = (0,)) -> int:
+    """Run ``python -m <module> <argv>`` as a child process on the loop's Ray runtime
+    (RAY_ADDRESS is inherited); its output goes to ``log_path``."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as f:
+        rc = subprocess.call([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT)
+    if rc not in ok_codes:
+        with open(log_path) as f:
+            tail = f.read()[-1500:]
+        raise UserError(f"{module} failed with exit code {rc} (log: {log_path}):\n{tail}")
+    return rc
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """The Serve application of serve_apps, deployed from its packaged config and reached
+    over HTTP only."""
+
+    def __init__(self, store_root: str, decision_log_dir: str):
+        import httpx
+
+        from serve_apps.run import deploy, packaged_config, serve_config
+
+        self.token = secrets.token_urlsafe(24)
+        config = serve_config(packaged_config(), {
+            "store_root": store_root,
+            "decision_log_dir": decision_log_dir,
+            "decision_log_max_age_s": 1.0,
+            "admin_token": self.token,
+        }, host="127.0.0.1", port=free_port())
+        self.url = deploy(config)
+        self.decision_log_dir = decision_log_dir
+        self.http = httpx.Client(base_url=self.url, timeout=60.0,
+                                 limits=httpx.Limits(max_connections=ROUTE_CONCURRENCY))
+
+    def close(self) -> None:
+        from ray import serve
+
+        self.http.close()
+        serve.shutdown()
+
+    def reload(self, artifact: str, version: str) -> dict:
+        r = self.http.post("/v1/admin/reload", json={"artifact": artifact, "version": version},
+                           headers={"Authorization": f"Bearer {self.token}"})
+        if r.status_code != 200:
+            raise UserError(f"reloading {artifact} {version} failed: HTTP {r.status_code} {r.text}")
+        return r.json()
+
+    def versions(self) -> dict:
+        return self.http.get("/v1/versions").raise_for_status().json()
+
+    def rewrite(self, utterances: list[str]) -> list[str | None]:
+        """The served rewrite of each utterance (None: sent to NLU as spoken)."""
+        out: list[str | None] = []
+        for lo in range(0, len(utterances), REWRITE_BATCH):
+            r = self.http.post("/v1/rewrite", json={"utterances": utterances[lo:lo + REWRITE_BATCH]})
+            out.extend(item["rewrite"] for item in r.raise_for_status().json()["results"])
+        return out
+
+    def route(self, requests: list[dict]) -> list[dict]:
+        """POST /v1/route for each request, ROUTE_CONCURRENCY at a time (the router batches)."""
+        def one(body):
+            return self.http.post("/v1/route", json=body).raise_for_status().json()
+
+        with cf.ThreadPoolExecutor(ROUTE_CONCURRENCY) as pool:
+            return list(pool.map(one, requests))
+
+    def flush_decisions(self) -> None:
+        from ray import serve
+
+        from serve_apps.run import APP_NAME
+
+        serve.get_deployment_handle("HybridRouter", app_name=APP_NAME).flush_log.remote().result()
+
+
+def route_bodies(table: pa.Table) -> list[dict]:
+    """routing_log-shaped requests as POST /v1/route bodies."""
+    bodies = []
+    for row in table.select(["customer_id", "utterance", "context", "candidates"]).to_pylist():
+        ctx = row["context"]
+        bodies.append({
+            "utterance": row["utterance"],
+            "customer_id": row["customer_id"],
+            "context": {"device_type": ctx["device_type"], "device_status": ctx["device_status"],
+                        "asr_confidence": float(ctx["asr_confidence"]), "hour": int(ctx["hour"])},
+            "candidates": [{"domain": c["domain"], "intent": c["intent"], "skill_id": c["skill_id"],
+                            "nlu_confidence": float(c["nlu_confidence"])} for c in row["candidates"]],
+        })
+    return bodies
+
+
+# ---- measurements (pure) ---------------------------------------------------------------------
+
+
+def policy_value(distributions: list, expected_rewards: list) -> float:
+    """True value of a policy on logged requests: mean_i sum_k pi(k|x_i) r_ik."""
+    if not distributions:
+        return float("nan")
+    return float(np.mean([np.dot(p, r) for p, r in zip(distributions, expected_rewards)]))
+
+
+def user_requests(traffic_dir: str) -> pa.Table:
+    """(utterance, intended_interpretation, n) of the requests users made in a traffic
+    sample: first attempts and follow-ups, one row per distinct pair with its count."""
+    inter = schema.read_table(traffic_dir, "interactions", ["customer_id", "device_id", "timestamp", "utterance"])
+    truth = schema.read_table(traffic_dir, "truth_turns",
+                              ["customer_id", "device_id", "timestamp", "intended_interpretation", "turn_kind"])
+    keys = ["customer_id", "device_id", "timestamp"]
+    joined = inter.join(truth, keys=keys, join_type="inner")
+    if joined.num_rows != inter.num_rows:
+        raise UserError(f"{traffic_dir}: truth_turns does not match interactions one to one")
+    asked = joined.filter(pc.is_in(joined["turn_kind"], pa.array(REQUEST_TURNS)))
+    pairs = asked.group_by(["utterance", "intended_interpretation"]).aggregate([("utterance", "count")])
+    return pairs.rename_columns(["utterance", "intended_interpretation", "n"])
+
+
+def defect_rates(world, pairs: pa.Table, rewrites: list[str | None]) -> dict:
+    """Expected defect rate of the requests in ``pairs`` as spoken and with the served
+    rewrites applied (World.defect_probability of the text NLU receives)."""
+    spoken = pairs["utterance"].to_pylist()
+    intended = pairs["intended_interpretation"].to_pylist()
+    weight = pairs["n"].to_numpy().astype(np.float64)
+    sent = [r if r else u for u, r in zip(spoken, rewrites)]
+    p_spoken = world.defect_probability(spoken, intended)
+    p_sent = world.defect_probability(sent, intended)
+    changed = np.array([r is not None and r != u for u, r in zip(spoken, rewrites)])
+    return {
+        "defect_rate_without_rewrites": float(np.average(p_spoken, weights=weight)),
+        "defect_rate": float(np.average(p_sent, weights=weight)),
+        "rewritten_share": float(np.average(changed, weights=weight)),
+        "requests": int(weight.sum()),
+    }
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+class Loop:
+    def __init__(self, out: str, settings: LoopSettings, fresh: bool):
+        self.out = out
+        self.s = settings
+        self.store_root = os.path.join(out, "store")
+        self.store = Store(self.store_root)
+        self.stages = Stages(os.path.join(out, "stages"), fresh)
+        self.train_dir = os.path.join(out, "data", "train")
+        self.params = asdict(settings)
+        self.service: Service | None = None
+        self._world = None
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    @property
+    def world(self):
+        if self._world is None:
+            from raylib.sim import World
+
+            self._world = World.from_dir(self.train_dir)
+        return self._world
+
+    # -- stages before serving --
+
+    def simulate(self, out: str, traffic_seed: int | None) -> dict:
+        from raylib.sim import simulate
+
+        return simulate(out, self.s.preset, self.s.seed, self.s.world_overrides(), traffic_seed)
+
+    def mine(self, data: str, name: str) -> dict:
+        out = self.path("jobs", name)
+        run_job("jobs.mine_rewrites", ["--data", data, "--out", out, "--store", self.store_root,
+                                       "--truth", data, "--min-customers", str(self.s.min_customers)],
+                self.path("logs", f"{name}.log"))
+        summary = read_json(os.path.join(out, "summary.json"))
+        return {"version": self.store.latest("rewrites"), "summary": summary, "out": out}
+
+    def train_pdrfe(self) -> dict:
+        out = self.path("jobs", "pdrfe")
+        run_job("jobs.train_pdrfe", ["--data", self.train_dir, "--out", out, "--store", self.store_root,
+                                     "--models", PDRFE_MODEL, "--publish-model", PDRFE_MODEL,
+                                     "--epochs", str(self.s.pdrfe_epochs), "--num-workers", "1"],
+                self.path("logs", "pdrfe.log"))
+        summary = read_json(os.path.join(out, "summary.json"))
+        return {"version": summary.get("embeddings_version") or self.store.latest("embeddings"),
+                "cross_entropy": summary.get("cross_entropy"), "out": out}
+
+    def train_policy(self, data: str, name: str) -> dict:
+        """train_policy publishes only when the guard-rails pass (exit code 1 otherwise)."""
+        out = self.path("jobs", name)
+        before = self.store.latest("policy")
+        rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", self.store_root,
+                                           "--epochs", str(self.s.policy_epochs), "--num-workers", "1"],
+                     self.path("logs", f"{name}.log"), ok_codes=(0, 1))
+        summary = read_json(os.path.join(out, "summary.json"))
+        after = self.store.latest("policy")
+        published = rc == 0 and after != before
+        return {"version": after, "published": published, "decision": summary.get("decision"),
+                "true_value": summary.get("true_value"), "out": out}
+
+    def evaluate_policy(self, version: str) -> dict:
+        out = self.path("jobs", "ope")
+        run_job("jobs.evaluate_policy", ["--data", self.train_dir, "--out", out, "--store", self.store_root,
+                                         "--version", version],
+                self.path("logs", "ope.log"), ok_codes=(0, 1))
+        summary = read_json(os.path.join(out, "summary.json"))
+        return {"ope": summary.get("ope"), "decision": summary.get("decision"), "out": out}
+
+    # -- rounds --
+
+    def traffic(self, rnd: int) -> str:
+        """Held-out traffic of round ``rnd``: the same world, a new traffic seed."""
+        directory = self.path("data", f"round-{rnd}")
+        self.stages.run(f"round-{rnd}-traffic", {**self.params},
+                        lambda: self.simulate(directory, traffic_seed=self.s.seed + 1000 + rnd))
+        return directory
+
+    def baseline_round(self) -> dict:
+        """Round 0: no rewrites, the simulator's logging router."""
+        def work():
+            traffic = self.traffic(0)
+            pairs = user_requests(traffic)
+            rates = defect_rates(self.world, pairs, [None] * pairs.num_rows)
+            routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + 5000)
+            value = policy_value(routed["propensities"].to_pylist(), truth["expected_rewards"].to_pylist())
+            return {"round": 0, **rates, "true_reward": value, "policy_version": "sim-logging",
+                    "rewrites_version": None, "served_through": "simulator logging policy"}
+
+        return self.stages.run("round-0", self.params, work)
+
+    def served_round(self, rnd: int, rewrites_version: str | None, policy_version: str | None) -> dict:
+        """Round ``rnd`` through the Serve endpoints; writes the round's decisions joined
+        with their feedback under OUT/rounds/round-<rnd> and publishes them."""
+        def work():
+            svc = self.serving(rewrites_version, policy_version)
+            traffic = self.traffic(rnd)
+            pairs = user_requests(traffic)
+            rates = defect_rates(self.world, pairs, svc.rewrite(pairs["utterance"].to_pylist()))
+            routed = self.route_round(svc, rnd, policy_version)
+            return {"round": rnd, **rates, **routed, "rewrites_version": rewrites_version}
+
+        return self.stages.run(f"round-{rnd}", {**self.params, "rewrites": rewrites_version,
+                                                "policy": policy_version}, work)
+
+    def route_round(self, svc: Service, rnd: int, policy_version: str | None) -> dict:
+        """Simulated requests decided by POST /v1/route; the simulator draws each reward from
+        the chosen candidate's true expected reward."""
+        directory = self.path("rounds", f"round-{rnd}")
+        if policy_version is None:  # no policy passed its guard-rails: the logging router stays
+            routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + 5000 + rnd)
+            decisions = routed
+        else:
+            responses: list[dict] = []
+
+            def served_policy(requests: pa.Table):
+                responses.extend(svc.route(route_bodies(requests)))
+                return (np.array([r["action"] for r in responses]),
+                        np.array([r["propensity"] for r in responses]), None)
+
+            routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + 5000 + rnd,
+                                               policy=served_policy)
+            ids = pa.array([r["request_id"] for r in responses])
+            feedback = pa.table({"request_id": ids, "reward": routed["reward"]}, schema=schema.FEEDBACK)
+            truth = truth.set_column(0, "request_id", ids)
+            decisions = self.decision_rows(svc, ids).join(feedback, "request_id", join_type="inner")
+            if decisions.num_rows != len(ids):
+                raise UserError(f"round {rnd}: {decisions.num_rows} of {len(ids)} decisions reached the log")
+            decisions = decisions.select(schema.ROUTING_LOG.names).cast(schema.ROUTING_LOG)
+            schema.write_table(feedback, directory, "feedback")
+        checked = schema.validate(decisions, "routing_log")
+        schema.write_table(checked.good, directory, "routing_log")
+        schema.write_rejected(checked.rejected, directory)
+        schema.write_table(truth, directory, "truth_routing")
+        by_id = dict(zip(truth["request_id"].to_pylist(), truth["expected_rewards"].to_pylist()))
+        good = checked.good
+        value = policy_value(good["propensities"].to_pylist(), [by_id[i] for i in good["request_id"].to_pylist()])
+        version = self.store.publish("decisions", {"routing_log": good, "truth_routing": truth},
+                                     metadata={"round": rnd, "policy_version": policy_version})
+        return {"true_reward": value, "policy_version": policy_version or "sim-logging",
+                "mean_reward": float(pc.mean(good["reward"]).as_py()), "decisions": good.num_rows,
+                "rejected": checked.n_rejected, "decisions_version": version,
+                "served_through": "POST /v1/route" if policy_version else "simulator logging policy"}
+
+    def decision_rows(self, svc: Service, ids: pa.Array) -> pa.Table:
+        """This round's rows of the router's decision log (flushed, then read back)."""
+        svc.flush_decisions()
+        wanted = pa.array(ids)
+        for _ in range(100):
+            log_table = schema.read_table(svc.decision_log_dir, "routing_log")
+            rows = log_table.filter(pc.is_in(log_table["request_id"], wanted)).drop_columns(["reward"])
+            if rows.num_rows >= len(ids):
+                return rows
+            time.sleep(0.2)
+        return rows
+
+    def learning_data(self, rnd: int) -> str:
+        """Every decision log so far (simulator's logs + rounds 1..rnd), each row with the
+        propensity it was logged with, as one contract-table directory for train_policy."""
+        directory = self.path("data", f"learn-{rnd}")
+        sources = [self.train_dir] + [self.path("rounds", f"round-{k}") for k in range(1, rnd + 1)]
+        for table in ("routing_log", "truth_routing"):
+            for part, src in enumerate(sources):
+                schema.write_table(schema.read_table(src, table), directory, table, part)
+        return directory
+
+    def serving(self, rewrites_version: str | None, policy_version: str | None) -> Service:
+        if self.service is None:
+            log("serve: deploying the Serve application (local Ray Serve)")
+            self.service = Service(self.store_root, self.path("decision_log"))
+            log(f"serve: up at {self.service.url}")
+        served = self.service.versions()
+        for artifact, version in (("rewrites", rewrites_version), ("policy", policy_version)):
+            if version is not None and served[artifact]["version"] != version:
+                log(f"serve: reload {artifact} -> {version} (POST /v1/admin/reload)")
+                self.service.reload(artifact, version)
+        return self.service
+
+    # -- PDRFE embeddings as router features --
+
+    def pdrfe_router_features(self, embeddings_version: str | None) -> dict:
+        def work():
+            if embeddings_version is None:
+                return {"measured": False, "reason": "no embeddings were published"}
+            logs = schema.read_table(self.learning_data(self.s.rounds), "routing_log")
+            fresh, truth = self.world.routing(self.s.eval_requests, seed=self.s.seed + 9000)
+            art = self.store.load("embeddings", embeddings_version)
+            return measure_embedding_features(logs, fresh, truth, art.table("customers"), art.table("skills"))
+
+        return self.stages.run("pdrfe-router-features", {**self.params, "embeddings": embeddings_version}, work)
+
+    # -- everything --
+
+    def run(self) -> dict:
+        s = self.s
+        sim = self.stages.run("simulate", self.params, lambda: self.simulate(self.train_dir, None))
+        rewrites = self.stages.run("mine-rewrites", self.params, lambda: self.mine(self.train_dir, "mine-0"))
+        pdrfe = self.stages.run("train-pdrfe", self.params, self.train_pdrfe)
+        policy = self.stages.run("train-policy", self.params, lambda: self.train_policy(self.train_dir, "policy-0"))
+        ope = (self.stages.run("evaluate-policy", {**self.params, "policy": policy["version"]},
+                               lambda: self.evaluate_policy(policy["version"]))
+               if policy["version"] else {"ope": None, "decision": None})
+        rounds = [self.baseline_round()]
+        rewrites_version, policy_version = rewrites["version"], policy["version"]
+        refreshes = []
+        for rnd in range(1, s.rounds + 1):
+            rounds.append(self.served_round(rnd, rewrites_version, policy_version))
+            log(f"round {rnd}: defect rate {rounds[-1]['defect_rate']:.4f} "
+                f"(without rewrites {rounds[-1]['defect_rate_without_rewrites']:.4f}), "
+                f"true reward {rounds[-1]['true_reward']:.4f}")
+            if rnd == s.rounds:
+                break
+            params = {**self.params, "round": rnd}
+            refreshed = self.stages.run(f"round-{rnd}-retrain-policy", params,
+                                        lambda: self.train_policy(self.learning_data(rnd), f"policy-{rnd}"))
+            remined = self.stages.run(f"round-{rnd}-remine-rewrites", params,
+                                      lambda: self.mine(self.traffic(rnd), f"mine-{rnd}"))
+            refreshes.append({"round": rnd, "policy": refreshed, "rewrites": remined})
+            policy_version = refreshed["version"] if refreshed["published"] else policy_version
+            rewrites_version = remined["version"] or rewrites_version
+        features = self.pdrfe_router_features(pdrfe["version"])
+        return self.finish(sim, rewrites, pdrfe, policy, ope, rounds, refreshes, features)
+
+    def finish(self, sim, rewrites, pdrfe, policy, ope, rounds, refreshes, features) -> dict:
+        before, after = rounds[0]["defect_rate"], rounds[-1]["defect_rate"]
+        summary = {
+            "settings": self.params,
+            "rounds": [{"round": r["round"], "defect_rate": r["defect_rate"], "true_reward": r["true_reward"],
+                        "defect_rate_without_rewrites": r["defect_rate_without_rewrites"],
+                        "rewritten_share": r["rewritten_share"], "policy_version": r["policy_version"],
+                        "rewrites_version": r["rewrites_version"]} for r in rounds],
+            "defect_rate_before": before,
+            "defect_rate_after": after,
+            "defect_rate_reduction": (before - after) / before if before > 0 else 0.0,
+            "true_reward_before": rounds[0]["true_reward"],
+            "true_reward_after": rounds[-1]["true_reward"],
+            "pdrfe_router_features": features,
+            "initial": {"simulate": sim, "rewrites": rewrites, "pdrfe": pdrfe, "policy": policy, "ope": ope},
+            "refreshes": refreshes,
+            "artifacts": {name: self.store.versions(name)
+                          for name in ("rewrites", "embeddings", "policy", "decisions", "loop_report")},
+            "stages": {"ran": self.stages.ran, "reused": self.stages.reused},
+        }
+        plots = write_plots(self.out, rounds)
+        report = markdown_report(summary, plots)
+        with open(self.path("report.md"), "w") as f:
+            f.write(report)
+        version = self.store.publish("loop_report", {"summary": summary, "report": report.encode()},
+                                     metadata={"settings": self.params})
+        summary["artifacts"]["loop_report"] = self.store.versions("loop_report")
+        summary["report_version"] = version
+        with open(self.path("summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True, default=str)
+        return summary
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+
+
+# ---- PDRFE embeddings as router features --------------------------------------------------------
+
+
+def candidate_frame(table: pa.Table) -> dict[str, np.ndarray]:
+    """One row per (request, candidate): request index, candidate index, its rank by NLU
+    confidence, confidence, skill id, device type and customer id."""
+    cands = pa.concat_arrays(table["candidates"].chunks) if table.num_rows else None
+    lengths = pc.list_value_length(cands).to_numpy()
+    flat = pc.list_flatten(cands)
+    req = np.repeat(np.arange(table.num_rows), lengths)
+    conf = pc.struct_field(flat, "nlu_confidence").to_numpy().astype(np.float64)
+    pos = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, int)
+    ctx = pa.concat_arrays(table["context"].chunks)
+    return {
+        "request": req, "position": pos, "confidence": conf,
+        "rank": np.concatenate([np.argsort(np.argsort(-conf[req == i])) for i in range(table.num_rows)]),
+        "skill": np.asarray(pc.struct_field(flat, "skill_id").to_pylist(), dtype=object),
+        "device": np.asarray(pc.struct_field(ctx, "device_type").to_pylist(), dtype=object)[req],
+        "customer": np.asarray(table["customer_id"].to_pylist(), dtype=object)[req],
+        "lengths": lengths,
+    }
+
+
+def embedding_lookup(table: pa.Table, key: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of an embeddings table for ``ids`` (zeros for ids it does not hold)."""
+    emb = np.asarray(table["embedding"].to_pylist(), dtype=np.float64)
+    index = {k: i for i, k in enumerate(table[key].to_pylist())}
+    rows = np.array([index.get(k, -1) for k in ids])
+    out = np.zeros((len(ids), emb.shape[1]))
+    out[rows >= 0] = emb[rows[rows >= 0]]
+    return out
+
+
+def design(frame: dict, skills: list[str], devices: list[str], cust_emb=None, skill_emb=None) -> np.ndarray:
+    """Reward-model features of each candidate: confidence, rank, skill and device x skill
+    indicators (what the router sees); with embeddings also c ⊙ s and <c, s>."""
+    n = len(frame["confidence"])
+    s_index = {k: i for i, k in enumerate(skills)}
+    d_index = {k: i for i, k in enumerate(devices)}
+    s = np.array([s_index.get(k, -1) for k in frame["skill"]])
+    d = np.array([d_index.get(k, -1) for k in frame["device"]])
+    rank = np.minimum(frame["rank"], 3)
+    cols = [frame["confidence"][:, None], np.eye(4)[rank]]
+    onehot = np.zeros((n, len(skills)))
+    onehot[s >= 0, s[s >= 0]] = 1.0
+    cross = np.zeros((n, len(devices) * 8))  # device x (skill hashed to 8 buckets)
+    ok = d >= 0
+    cross[ok, d[ok] * 8 + (np.maximum(s[ok], 0) % 8)] = 1.0
+    cols += [onehot, cross]
+    if cust_emb is not None:
+        prod = cust_emb * skill_emb
+        cols += [prod, prod.sum(1, keepdims=True)]
+    return np.hstack(cols)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 200) -> np.ndarray:
+    """L2-regularised logistic regression by L-BFGS (torch); returns weights with bias last."""
+    import torch
+
+    xt = torch.as_tensor(np.hstack([x, np.ones((len(x), 1))]), dtype=torch.float64)
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w, yt) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy()
+
+
+def measure_embedding_features(logs: pa.Table, fresh: pa.Table, truth: pa.Table,
+                               customers: pa.Table, skills: pa.Table) -> dict:
+    """True value of a greedy direct-method router whose reward model is fitted on the
+    decision logs, without and with the PDRFE customer/skill embeddings as features."""
+    train = candidate_frame(logs)
+    chosen = train["position"] == np.repeat(logs["action"].to_numpy(), train["lengths"])
+    y = np.repeat(logs["reward"].to_numpy(), train["lengths"])[chosen]
+    test = candidate_frame(fresh)
+    expected = np.concatenate([np.asarray(r) for r in truth["expected_rewards"].to_pylist()])
+    offsets = np.concatenate([[0], np.cumsum(test["lengths"])])
+    skill_vocab = sorted(set(train["skill"]))
+    device_vocab = sorted(set(train["device"]))
+    values = {}
+    for name, with_emb in (("without_embeddings", False), ("with_embeddings", True)):
+        feats = {}
+        for key, frame in (("train", train), ("test", test)):
+            emb = (embedding_lookup(customers, "customer_id", frame["customer"]),
+                   embedding_lookup(skills, "skill_id", frame["skill"])) if with_emb else (None, None)
+            feats[key] = design(frame, skill_vocab, device_vocab, *emb)
+        w = fit_logistic(feats["train"][chosen], y)
+        score = feats["test"] @ w[:-1]
+        greedy = [lo + int(np.argmax(score[lo:hi])) for lo, hi in zip(offsets[:-1], offsets[1:])]
+        values[name] = float(expected[greedy].mean())
+    best = float(np.mean([expected[lo:hi].max() for lo, hi in zip(offsets[:-1], offsets[1:])]))
+    return {"measured": True, "true_value": values, "oracle_value": best,
+            "reward_added": values["with_embeddings"] - values["without_embeddings"],
+            "train_decisions": logs.num_rows, "eval_requests": fresh.num_rows,
+            "method": "greedy direct-method router, logistic reward model fitted on the decision logs"}
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def write_plots(out: str, rounds: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["round"] for r in rounds]
+    files = []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(x, [r["defect_rate_without_rewrites"] for r in rounds], "o--", label="as spoken")
+    ax.plot(x, [r["defect_rate"] for r in rounds], "o-", label="served (rewrites applied)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("expected defect rate")
+    ax.set_xticks(x)
+    ax.legend()
+    ax.set_title("Defect rate of held-out traffic")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "defect_rate.png"), dpi=120)
+    files.append("defect_rate.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(x, [r["true_reward"] for r in rounds], "o-")
+    ax.set_xlabel("round (0: logging policy)")
+    ax.set_ylabel("true reward of the served router")
+    ax.set_xticks(x)
+    ax.set_title("Routing: true reward per round")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "true_reward.png"), dpi=120)
+    files.append("true_reward.png")
+    plt.close(fig)
+    return files
+
+
+def markdown_report(summary: dict, plots: list[str]) -> str:
+    lines = ["# Self-learning loop", "",
+             f"Settings: `{json.dumps(summary['settings'], sort_keys=True)}`", "",
+             "## Per round (round 0: before self-learning)", "",
+             "| round | defect rate (served) | defect rate (as spoken) | rewritten share | true reward | policy | rewrites |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary["rounds"]:
+        lines.append(f"| {r['round']} | {r['defect_rate']:.4f} | {r['defect_rate_without_rewrites']:.4f} | "
+                     f"{r['rewritten_share']:.3f} | {r['true_reward']:.4f} | {r['policy_version']} | "
+                     f"{r['rewrites_version']} |")
+    lines += ["", f"Defect rate before: **{summary['defect_rate_before']:.4f}**, after: "
+              f"**{summary['defect_rate_after']:.4f}** (reduction {100 * summary['defect_rate_reduction']:.1f}%).",
+              f"True reward of the router: **{summary['true_reward_before']:.4f}** (logging policy) -> "
+              f"**{summary['true_reward_after']:.4f}** (last round).", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    feats = summary["pdrfe_router_features"]
+    lines += ["", "## PDRFE embeddings as router features", ""]
+    if feats.get("measured"):
+        tv = feats["true_value"]
+        lines += [f"Method: {feats['method']} ({feats['train_decisions']} logged decisions; true value on "
+                  f"{feats['eval_requests']} fresh requests). The policy network of raylib/routing takes no "
+                  "extra features, so the embeddings are measured on this reward model.", "",
+                  "| reward model | true value |", "| --- | --- |",
+                  f"| without embeddings | {tv['without_embeddings']:.4f} |",
+                  f"| with PDRFE customer/skill embeddings | {tv['with_embeddings']:.4f} |",
+                  f"| oracle (best candidate) | {feats['oracle_value']:.4f} |", "",
+                  f"Reward added by the embeddings: **{feats['reward_added']:+.4f}**."]
+    else:
+        lines.append(f"Not measured: {feats.get('reason')}.")
+    lines += ["", "## Refreshes", "", "| after round | policy decision | policy published | rewrites version |",
+              "| --- | --- | --- | --- |"]
+    for ref in summary["refreshes"]:
+        decision = (ref["policy"].get("decision") or {}).get("status")
+        lines.append(f"| {ref['round']} | {decision} | {ref['policy']['published']} | {ref['rewrites']['version']} |")
+    lines += ["", "## Artifacts (store versions)", ""]
+    lines += [f"- `{name}`: {', '.join(v) or 'none'}" for name, v in summary["artifacts"].items()]
+    lines += ["", f"Stages run this time: {', '.join(summary['stages']['ran']) or 'none'}; reused: "
+              f"{', '.join(summary['stages']['reused']) or 'none'}.", ""]
+    return "\n".join(lines)
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def flatten(overrides: dict, prefix: str = "") -> tuple:
+    """Nested overrides as sorted (dotted key path, value) pairs (hashable, JSON-stable)."""
+    pairs = []
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            pairs.extend(flatten(value, path + "."))
+        else:
+            pairs.append((path, tuple(value) if isinstance(value, list) else value))
+    return tuple(sorted(pairs))
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local runtime (with the HAProxy ingress
+    env that `selflearn serve` uses) and export its address so child jobs share it."""
+    import ray
+
+    from serve_apps.run import ingress_env
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    os.environ.update(ingress_env("haproxy"))
+    # Logical CPUs: Serve's replicas hold ~1 CPU while a retraining job runs beside them.
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+@entrypoint
+def main(argv=None, prog=None) -> int:
+    args = parse_args(argv, prog)
+    settings = LoopSettings(preset=args.preset, seed=args.seed, rounds=args.rounds, route_requests=args.route_requests,
+                            pdrfe_epochs=args.pdrfe_epochs, policy_epochs=args.policy_epochs,
+                            eval_requests=args.eval_requests, min_customers=args.min_customers,
+                            world=flatten(load_overrides(args.config)))
+    resolve(settings.preset, settings.world_overrides())  # unknown simulator settings fail here, not mid-loop
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    started = time.monotonic()
+    log(f"output in {out}")
+    init_ray()
+    loop = Loop(out, settings, args.fresh)
+    try:
+        summary = loop.run()
+    finally:
+        loop.close()
+        import ray
+
+        ray.shutdown()
+    log(f"defect rate {summary['defect_rate_before']:.4f} -> {summary['defect_rate_after']:.4f}; "
+        f"true reward {summary['true_reward_before']:.4f} -> {summary['true_reward_after']:.4f}")
+    log(f"finished in {time.monotonic() - started:.0f} s")
+    print(f"report: {os.path.join(out, 'report.md')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

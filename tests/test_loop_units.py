@@ -1,0 +1,138 @@
+"""The loop's own pieces: stage markers, measurements and request shaping, on a tiny real world."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.optimize import minimize
+
+from jobs import self_learning_loop as loop
+from raylib import schema
+from raylib.sim import World, simulate
+from serve_apps.models import RouteRequest
+
+TINY = {"population": {"n_customers": 150}, "routing": {"n_requests": 200}}
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tiny-world"))
+    simulate(out, "small", seed=4, config=TINY)
+    return out, World.from_dir(out)
+
+
+def test_a_finished_stage_is_reused_and_a_changed_one_reruns(tmp_path):
+    stages = loop.Stages(str(tmp_path))
+    calls = []
+
+    def work(value):
+        calls.append(value)
+        return {"value": value}
+
+    assert stages.run("mine", {"rounds": 2, "world": (("a.b", 1),)}, lambda: work(1)) == {"value": 1}
+    again = loop.Stages(str(tmp_path))  # a new process after a kill
+    assert again.run("mine", {"rounds": 2, "world": (("a.b", 1),)}, lambda: work(2)) == {"value": 1}
+    assert again.reused == ["mine"] and calls == [1]
+    assert again.run("mine", {"rounds": 3, "world": (("a.b", 1),)}, lambda: work(3)) == {"value": 3}
+    assert loop.Stages(str(tmp_path), fresh=True).run("mine", {"rounds": 3}, lambda: work(4)) == {"value": 4}
+    recorded = json.loads((tmp_path / "mine.json").read_text())
+    assert recorded["outputs"] == {"value": 4} and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_stage_that_fails_leaves_no_marker(tmp_path):
+    stages = loop.Stages(str(tmp_path))
+
+    def boom():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        stages.run("train", {}, boom)
+    assert stages.done("train", {}) is None
+
+
+def test_policy_value_by_hand():
+    dists = [np.array([0.5, 0.5]), np.array([1.0, 0.0, 0.0])]
+    rewards = [np.array([0.2, 0.6]), np.array([0.1, 0.9, 0.9])]
+    assert loop.policy_value(dists, rewards) == pytest.approx((0.4 + 0.1) / 2)
+
+
+def test_overrides_round_trip():
+    nested = {"population": {"n_customers": 150}, "traffic": {"turn_gap_s": [2.0, 30.0]}}
+    settings = loop.LoopSettings(world=loop.flatten(nested))
+    assert settings.world == (("population.n_customers", 150), ("traffic.turn_gap_s", (2.0, 30.0)))
+    assert settings.world_overrides() == {"population": {"n_customers": 150}, "traffic": {"turn_gap_s": (2.0, 30.0)}}
+
+
+def test_perfect_rewrites_lower_the_defect_rate(tiny_world):
+    """Serving the simulator's own truth (what the speaker meant) as rewrites must lower
+    the expected defect rate; serving none must leave it unchanged."""
+    out, world = tiny_world
+    pairs = loop.user_requests(out)
+    assert pairs.num_rows > 0 and set(pairs.column_names) == {"utterance", "intended_interpretation", "n"}
+    n_interactions = schema.read_table(out, "interactions").num_rows
+    assert 0 < sum(pairs["n"].to_pylist()) < n_interactions  # rephrases and interjections left out
+    none = loop.defect_rates(world, pairs, [None] * pairs.num_rows)
+    assert none["defect_rate"] == none["defect_rate_without_rewrites"] and none["rewritten_share"] == 0
+    truth = schema.read_table(out, "truth_rewrites")
+    meant = dict(zip(truth["utterance"].to_pylist(), truth["intended_utterance"].to_pylist()))
+    served = [meant.get(u) for u in pairs["utterance"].to_pylist()]
+    fixed = loop.defect_rates(world, pairs, served)
+    assert fixed["rewritten_share"] > 0
+    assert fixed["defect_rate"] < 0.9 * fixed["defect_rate_without_rewrites"]
+
+
+def test_route_bodies_are_valid_api_requests(tiny_world):
+    _, world = tiny_world
+    requests, _ = world.routing(20, seed=1)
+    bodies = loop.route_bodies(requests)
+    assert len(bodies) == 20
+    for body, cands in zip(bodies, requests["candidates"].to_pylist()):
+        parsed = RouteRequest.model_validate(json.loads(json.dumps(body)), strict=True)
+        assert [c.skill_id for c in parsed.candidates] == [c["skill_id"] for c in cands]
+
+
+def test_candidate_frame_ranks_by_confidence():
+    cand = lambda conf, skill: {"domain": "d", "intent": "i", "skill_id": skill, "nlu_confidence": conf}  # noqa: E731
+    ctx = {"device_type": "speaker", "device_status": "idle", "asr_confidence": 0.9, "hour": 3}
+    table = pa.table({"customer_id": ["c1", "c2"], "context": [ctx, ctx],
+                      "candidates": [[cand(0.2, "a"), cand(0.7, "b"), cand(0.5, "c")], [cand(0.9, "a")]]},
+                     schema=pa.schema([schema.ROUTING_LOG.field(n) for n in ("customer_id", "context", "candidates")]))
+    frame = loop.candidate_frame(table)
+    assert frame["request"].tolist() == [0, 0, 0, 1]
+    assert frame["position"].tolist() == [0, 1, 2, 0]
+    assert frame["rank"].tolist() == [2, 0, 1, 0]
+    assert frame["customer"].tolist() == ["c1", "c1", "c1", "c2"]
+
+
+def test_fit_logistic_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    y = (rng.random(300) < 1 / (1 + np.exp(-(x @ [1.0, -2.0, 0.5, 0.0] + 0.3)))).astype(float)
+    w = loop.fit_logistic(x, y, l2=1e-2)
+
+    def objective(v):
+        z = np.hstack([x, np.ones((300, 1))]) @ v
+        return np.mean(np.logaddexp(0, z) - y * z) + 1e-2 * np.sum(v[:-1] ** 2)
+
+    ref = minimize(objective, np.zeros(5), method="BFGS", options={"gtol": 1e-10}).x
+    np.testing.assert_allclose(w, ref, atol=1e-4)
+
+
+def test_random_embeddings_add_no_value(tiny_world):
+    """Embeddings that carry no information change the greedy router's true value by
+    sampling noise only, and no reward model beats the oracle."""
+    _, world = tiny_world
+    logs, _ = world.routing(1500, seed=2)
+    fresh, truth = world.routing(600, seed=3)
+    frame = loop.candidate_frame(logs)
+    skills = sorted(set(frame["skill"]) | set(loop.candidate_frame(fresh)["skill"]))
+    customers = sorted(set(logs["customer_id"].to_pylist()) | set(fresh["customer_id"].to_pylist()))
+    rng = np.random.default_rng(0)
+    vec = lambda n: pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * 8)), 8)  # noqa: E731
+    noise = loop.measure_embedding_features(logs, fresh, truth, pa.table({"customer_id": customers, "embedding": vec(len(customers))}),
+                                            pa.table({"skill_id": skills, "embedding": vec(len(skills))}))
+    assert noise["measured"] and noise["oracle_value"] >= max(noise["true_value"].values())
+    assert abs(noise["reward_added"]) < 0.05  # random embeddings add (almost) nothing
