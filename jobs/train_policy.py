@@ -30,7 +30,7 @@ def parse_args(argv, prog):
     p.add_argument("--clip", type=float, help="cap on 1/propensity in the LP objective (weight clipping)")
     p.add_argument("--kappa-target", type=float, default=0.9, help="desired minimum replication κ̃ per intent")
     p.add_argument("--lp-only", action="store_true", help="LP-daily cadence: keep the RP of the latest published policy")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs per network")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per network")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")

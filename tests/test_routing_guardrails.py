@@ -9,7 +9,7 @@ from raylib.routing.guardrails import GuardRails, decide
 
 
 def _ope(estimate=0.62, weight=1.0, ess=500.0, replication=None, n=300):
-    replication = replication or {"PlayMusic": 0.95, "GetWeather": 0.9}
+    replication = replication or {"PlayMusic": 0.99, "GetWeather": 0.9}
     return {
         "overall": {
             "estimator": "dr",
@@ -31,7 +31,7 @@ def test_passes_when_every_rail_holds(tmp_path):
 
 
 def test_fails_with_one_reason_per_broken_rail():
-    rails = GuardRails(min_replication=0.92, critical_intents=["PlayMusic"], critical_min_replication=0.99, min_ess=1000)
+    rails = GuardRails(min_replication=0.92, critical_intents=["PlayMusic"], critical_min_replication=0.995, min_ess=1000)
     decision = decide(_ope(estimate=0.55, weight=1.5, ess=200.0), current_value=0.6, rails=rails)
     assert decision["status"] == "fail"
     text = " | ".join(decision["reasons"])

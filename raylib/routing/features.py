@@ -159,7 +159,7 @@ def encode(table: pa.Table, vocab: Vocabulary) -> Features:
     n_tok = np.minimum(pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64), MAX_TOKENS)
     all_tok = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
     ids = vocab.lookup("word", pc.list_flatten(tokens))
-    utt = _pad(ids, all_tok, MAX_TOKENS, PAD)
+    utt = _pad(ids, all_tok, max(1, int(n_tok.max()) if len(n_tok) else 1), PAD)
     utt[:, 0] = np.where(n_tok == 0, OOV, utt[:, 0])  # an utterance never has zero tokens
 
     context = np.stack([vocab.lookup(name, _context_column(table, name)) for name in CONTEXT_FIELDS], axis=-1)

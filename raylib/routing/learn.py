@@ -29,9 +29,9 @@ class LearnSettings:
     min_segment_samples: int = 30  # smaller validation segments use the pooled κ
     rp_aware: bool = True  # RPDR from RP's measured replication (False: Eq. 4 as printed)
     baseline: float | None = None  # IPS control variate; None = mean logged reward
-    rp: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=6))
-    lp: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=6))
-    reward: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=6))
+    rp: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=10))
+    lp: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=10))
+    reward: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=10))
     num_workers: int = 0  # 0: in-process; >= 1: Ray Train TorchTrainer workers
     use_gpu: bool = False
     storage_path: str | None = None
@@ -120,7 +120,8 @@ def learn_hybrid(
         rp = fixed_rp.rp
     else:
         config = NetworkConfig.for_vocabulary(vocab, **s.rp.sizes)
-        result = _train(config, training_arrays(feats, actions), "rp", s.rp, s)
+        target = logged_distributions(train, feats.mask.shape[1])
+        result = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
         rp, histories["rp"] = result.network, result.history
 
     reward_model, histories["reward"] = fit_reward_model(train, vocab, s)

@@ -108,15 +108,21 @@ def to_tensors(features: Features, rows=None) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(network: PolicyNetwork, features: Features, batch_size: int = 4096) -> "np.ndarray":
-    """Network outputs for every request, in ORIGINAL candidate order: (B, T) float64."""
+def predict(network: PolicyNetwork, features: Features, batch_size: int = 4096, threads: int = 1) -> "np.ndarray":
+    """Network outputs for every request, in ORIGINAL candidate order: (B, T) float64
+    (``threads`` torch intra-op threads while predicting)."""
     import numpy as np
 
     network.eval()
     parts = []
-    for start in range(0, len(features), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(features)))
-        parts.append(network(to_tensors(features, rows)).double().numpy())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for start in range(0, len(features), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(features)))
+            parts.append(network(to_tensors(features, rows)).double().numpy())
+    finally:
+        torch.set_num_threads(before)
     sorted_out = np.concatenate(parts) if parts else np.zeros((0, features.mask.shape[1]))
     return features.original_order(sorted_out)
 

@@ -15,10 +15,16 @@ def _logged(probs: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
     return probs.gather(1, slot.unsqueeze(1)).squeeze(1)
 
 
-def rp_loss(probs: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+def rp_loss(probs: torch.Tensor, slot: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1 (replication policy): L_RP = E_{X,a ~ D} Σ_i -1[a = i] log Π_θ(i | X),
-    the cross-entropy against the logged action."""
-    return -torch.log(_logged(probs, slot) + EPS).mean()
+    the cross-entropy against the logged action.
+
+    When the log carries the logging policy's whole distribution, ``target`` (B, T) = Π_0(·|X)
+    replaces the one-hot 1[a = i] (the soft-distillation variant the paper mentions): the
+    same minimizer, Π_θ = Π_0, with far less variance than one sampled action."""
+    if target is None:
+        return -torch.log(_logged(probs, slot) + EPS).mean()
+    return -(target * torch.log(probs + EPS)).sum(dim=1).mean()
 
 
 def ips_weights(probs: torch.Tensor, slot: torch.Tensor, propensity: torch.Tensor, clip: float | None) -> torch.Tensor:

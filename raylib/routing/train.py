@@ -28,12 +28,13 @@ class TrainSettings:
     """Optimization settings of one network."""
 
     epochs: int = 8
-    batch_size: int = 256
-    lr: float = 3e-3
+    batch_size: int = 128
+    lr: float = 1e-2
     weight_decay: float = 1e-5
     clip: float | None = None  # IPS weight clipping: cap on 1 / Π_0
     baseline: float = 0.0  # IPS control variate (see objectives.lp_ips_loss)
     seed: int = 0
+    threads: int = 1  # torch intra-op threads per worker (more threads thrash a busy CPU)
     sizes: dict = field(default_factory=dict)  # NetworkConfig sizes (word_dim, ...)
 
 
@@ -43,11 +44,13 @@ def training_arrays(
     propensity: np.ndarray | None = None,
     reward: np.ndarray | None = None,
     predicted: np.ndarray | None = None,
+    target: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Everything one objective reads, as numpy arrays aligned on requests.
 
     ``actions`` are indices in the original candidate order; they are turned into sorted
-    slots here. ``predicted`` (B, T), in original order, is the reward model's output."""
+    slots here. ``predicted`` (B, T), in original order, is the reward model's output;
+    ``target`` (B, T), in original order, the logged distribution Π_0 (soft RP targets)."""
     arrays = {k: v for k, v in features.arrays().items() if k in TENSOR_KEYS}
     arrays["slot"] = np.argmax(features.order == np.asarray(actions)[:, None], axis=1).astype(np.int64)
     if propensity is not None:
@@ -56,6 +59,8 @@ def training_arrays(
         arrays["reward"] = np.asarray(reward, np.float32)
     if predicted is not None:
         arrays["predicted"] = features.sorted_slots(np.asarray(predicted)).astype(np.float32)
+    if target is not None:
+        arrays["target"] = features.sorted_slots(np.asarray(target)).astype(np.float32)
     return arrays
 
 
@@ -63,7 +68,7 @@ def batch_loss(network, batch: dict[str, torch.Tensor], objective: str, settings
     """The loss of ``objective`` on one mini-batch."""
     out = network(batch)
     if objective == "rp":
-        return objectives.rp_loss(out, batch["slot"])
+        return objectives.rp_loss(out, batch["slot"], batch.get("target"))
     if objective == "ips":
         return objectives.lp_ips_loss(
             out, batch["slot"], batch["propensity"], batch["reward"], settings.clip, settings.baseline
@@ -137,9 +142,9 @@ def _ray_worker_loop(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(max(1, int(cfg["threads"])))
-    data = ray.get(cfg["data"])
     settings = TrainSettings(**cfg["settings"])
+    torch.set_num_threads(settings.threads)
+    data = ray.get(cfg["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     net = _new_network(NetworkConfig(**cfg["network"]), settings, cfg["init_state"])
@@ -183,14 +188,18 @@ def train_network(
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
     if num_workers <= 0:
         net = _new_network(config, settings, init_state)
-        return TrainResult(net, fit(net, data, objective, settings))
+        before = torch.get_num_threads()
+        torch.set_num_threads(settings.threads)
+        try:
+            return TrainResult(net, fit(net, data, objective, settings))
+        finally:
+            torch.set_num_threads(before)
 
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = storage_path or os.path.join(tempfile.gettempdir(), "selflearn-routing-train")
-    cpus = ray.available_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
     trainer = TorchTrainer(
         _ray_worker_loop,
         train_loop_config={
@@ -199,7 +208,6 @@ def train_network(
             "settings": asdict(settings),
             "network": config.to_dict(),
             "init_state": init_state,
-            "threads": max(1, int(cpus // num_workers)),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(storage_path=storage, name=f"{objective}-{uuid.uuid4().hex[:8]}"),
