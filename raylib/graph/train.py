@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ class TrainConfig:
     torch_threads: int = 1
     crash_after_epoch: int | None = None  # fault injection for the resume test
     crash_marker: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def shard(edges: np.ndarray, epoch: int, rank: int, world: int, seed: int, cap: int | None = None) -> np.ndarray:
