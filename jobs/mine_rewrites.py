@@ -1,0 +1,163 @@
+"""Mine the utterance -> rewrite table (seed 001, absorbing Markov chain) and publish it.
+
+    python -m jobs.mine_rewrites --data DATA --out OUT [--depth 5 --epsilon 1e-3 --min-customers 5]
+                                 [--truth SIM_DIR] [--heldout SIM_DIR] [--engine ray|local]
+
+``--data`` holds the contract tables (``interactions`` at least), e.g. a simulator
+output, on a local path or any pyarrow.fs URI. Writes ``summary.json`` and ``report.md``
+into ``--out``, quarantines bad rows under ``--out/rejected`` and publishes a new
+version of the ``rewrites`` artifact in ``--store`` (default ``OUT/store``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pyarrow.fs as pafs
+
+from jobs._cli import entrypoint
+from raylib.errors import UserError
+from raylib.rewrite.filters import FilterParams
+from raylib.rewrite.mining import Mined, MiningParams, mine_local
+from raylib.rewrite.publish import ARTIFACT, publish_rewrites
+from raylib.rewrite.report import render_report
+from raylib.schema import filesystem, read_table, rejected_counts, table_path, validate, write_rejected
+from raylib.store import Store
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="directory/URI holding the interactions table")
+    p.add_argument("--out", required=True, help="directory/URI for summary.json, report.md and rejected/")
+    p.add_argument("--store", help="artifact store root (default: OUT/store)")
+    p.add_argument("--depth", type=int, default=5, help="BFS depth per source (0 = unlimited)")
+    p.add_argument("--epsilon", type=float, default=1e-3, help="prune paths whose probability falls below this")
+    p.add_argument("--top-k", type=int, default=10, help="targets kept per source interpretation")
+    p.add_argument("--gap-s", type=float, default=45.0, help="session gap delta_tau in seconds")
+    p.add_argument("--min-customers", type=int, default=5, help="distinct customers behind a rewrite")
+    p.add_argument("--min-support", type=int, default=10, help="times the source utterance was said")
+    p.add_argument("--alpha", type=float, default=0.01, help="Z-test p-value threshold")
+    p.add_argument("--generic-min-sources", type=int, default=10,
+                   help="unrelated sources that make a target generic")
+    p.add_argument("--truth", help="simulator output with truth_* tables and world.json: quality metrics")
+    p.add_argument("--heldout", help="held-out simulator traffic of the same world: replay metrics (needs --truth)")
+    p.add_argument("--engine", choices=("ray", "local"), default="ray",
+                   help="Ray Data pipeline or the single-process path (same result)")
+    p.add_argument("--disable", action="store_true", help="publish with the rewrites feature flag off")
+    return p
+
+
+def _params(args) -> MiningParams:
+    if args.depth < 0 or not 0 <= args.epsilon < 1 or args.top_k < 1 or args.gap_s <= 0:
+        raise UserError("need --depth >= 0, 0 <= --epsilon < 1, --top-k >= 1 and --gap-s > 0")
+    if args.min_customers < 1 or args.min_support < 1 or not 0 < args.alpha < 1 or args.generic_min_sources < 1:
+        raise UserError("need --min-customers, --min-support, --generic-min-sources >= 1 and 0 < --alpha < 1")
+    return MiningParams(
+        gap_s=args.gap_s, depth=args.depth or None, epsilon=args.epsilon, top_k=args.top_k,
+        filters=FilterParams(min_support=args.min_support, alpha=args.alpha,
+                             generic_min_sources=args.generic_min_sources, min_customers=args.min_customers),
+    )
+
+
+def _require_table(root: str, name: str) -> None:
+    fs, path = filesystem(table_path(root, name))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise UserError(f"no {name!r} table under {root}")
+
+
+def _mine_ray(data: str, out: str, params: MiningParams) -> Mined:
+    import ray
+
+    from raylib.rewrite.distributed import mine_ray
+
+    if not ray.is_initialized():
+        ray.init()  # picks up RAY_ADDRESS under `ray job submit`, else a local runtime
+    fs, path = filesystem(table_path(data, "interactions"))
+    return mine_ray(ray.data.read_parquet(path, filesystem=fs), params, quarantine=out)
+
+
+def _mine_local(data: str, out: str, params: MiningParams) -> Mined:
+    checked = validate(read_table(data, "interactions"), "interactions")
+    write_rejected(checked.rejected, out)
+    return mine_local(checked.good, params)
+
+
+def _rejected(out: str) -> dict[str, int]:
+    fs, path = filesystem(table_path(out, "rejected"))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    return rejected_counts(read_table(out, "rejected"))
+
+
+def _truth_metrics(table, truth: str, heldout: str | None) -> dict:
+    from raylib.rewrite.evaluate import intended_turns, quality, replay
+    from raylib.sim import World
+
+    for name in ("interactions", "truth_turns", "truth_rewrites"):
+        _require_table(truth, name)
+    world = World.from_dir(truth)
+    turns = intended_turns(read_table(truth, "interactions"), read_table(truth, "truth_turns"))
+    metrics = quality(table, world, turns, read_table(truth, "truth_rewrites"))
+    if heldout:
+        held = intended_turns(read_table(heldout, "interactions"), read_table(heldout, "truth_turns"))
+        metrics["replay"] = replay(table, world, held)
+    return metrics
+
+
+def _write_text(out: str, name: str, text: str) -> None:
+    fs, path = filesystem(out)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}") as f:
+        f.write(text.encode())
+
+
+@entrypoint
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
+    params = _params(args)
+    if args.heldout and not args.truth:
+        raise UserError("--heldout needs --truth (the world the held-out traffic comes from)")
+    _require_table(args.data, "interactions")
+    # Bad rows of an earlier run in the same --out must not be counted again.
+    fs, rejected_dir = filesystem(table_path(args.out, "rejected"))
+    if fs.get_file_info(rejected_dir).type == pafs.FileType.Directory:
+        fs.delete_dir(rejected_dir)
+    mined = (_mine_ray if args.engine == "ray" else _mine_local)(args.data, args.out, params)
+    rejected = _rejected(args.out)
+    stages = mined.stage_counts()
+    store = Store(args.store or table_path(args.out, "store"))
+    version, merged = publish_rewrites(
+        store, mined.table, metadata={"params": params.as_dict(), "data": args.data, "engine": args.engine},
+        enabled=False if args.disable else None,
+    )
+    summary = {
+        "n_sessions": stages["n_sessions"],
+        "n_interpretations": stages["n_interpretations"],
+        "n_sources": stages["n_sources"],
+        "n_rewrites": mined.table.num_rows,
+        "removed_by_filter": mined.removed_by_filter,
+        "rejected_rows": sum(rejected.values()),
+        "rejected_by_reason": rejected,
+        "stages": stages,
+        "artifact": {"name": ARTIFACT, "version": version, "rows_after_merge": merged.num_rows,
+                     "enabled": store.enabled(ARTIFACT)},
+        "params": params.as_dict(),
+    }
+    if stages["n_turns"] == 0:
+        summary["message"] = "no valid interactions: published an empty rewrite table (previous rewrites kept)"
+        print(summary["message"], file=sys.stderr)
+    if args.truth:
+        metrics = _truth_metrics(mined.table, args.truth, args.heldout)
+        summary.update({k: metrics[k] for k in ("precision", "win_loss", "coverage")})
+        summary["truth"] = metrics
+    _write_text(args.out, "summary.json", json.dumps(summary, indent=2, default=str))
+    _write_text(args.out, "report.md", render_report(summary, mined))
+    print(json.dumps({k: summary[k] for k in ("n_sessions", "n_interpretations", "n_sources", "n_rewrites")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
