@@ -51,6 +51,14 @@ class GuardRails:
             if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]):
                 raise UserError(f"guard-rails file {path}: ips_weight_bounds must be [low, high]")
             data["ips_weight_bounds"] = (float(bounds[0]), float(bounds[1]))
+        for name in ("min_replication", "max_reward_regression", "min_ess", "critical_min_replication", "min_segment_samples"):
+            if name in data:
+                try:
+                    data[name] = (int if name == "min_segment_samples" else float)(data[name])
+                except (TypeError, ValueError):
+                    raise UserError(f"guard-rails file {path}: {name} must be a number, got {data[name]!r}") from None
+        if not isinstance(data.get("critical_intents", []), list):
+            raise UserError(f"guard-rails file {path}: critical_intents must be a list of intents")
         return cls(**data)
 
     def to_dict(self) -> dict:
