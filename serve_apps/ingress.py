@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from raylib.errors import UserError
 from raylib.store import Store
 from serve_apps import control
 from serve_apps.models import (
@@ -105,7 +106,7 @@ def make_api(service: "Ingress") -> FastAPI:
 
     @api.post("/v1/rewrite", response_model=RewriteResponse, summary="Rewrite one utterance or a batch")
     async def rewrite(body: RewriteRequest) -> dict:
-        return await service.lookup.rewrite.remote(body.texts())
+        return await service.rewrite(body.texts())
 
     @api.post(
         "/v1/route",
@@ -134,7 +135,8 @@ def make_api(service: "Ingress") -> FastAPI:
         response_model=ReloadResponse,
         summary="Serve the latest version, a given version, or roll back one version",
         responses={401: {"description": "missing or wrong admin token"}, 403: {"description": "admin API disabled"},
-                   404: {"description": "no such version"}},
+                   404: {"description": "no such version"},
+                   409: {"description": "the application was not deployed from a config"}},
     )
     async def reload(body: ReloadRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
         service.authorize(credentials)
@@ -148,7 +150,10 @@ def make_api(service: "Ingress") -> FastAPI:
         except control.VersionNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         async with service.reload_lock:
-            await asyncio.to_thread(control.apply_user_config, service.app_name, deployment, {"version": target})
+            try:
+                await asyncio.to_thread(control.apply_user_config, service.app_name, deployment, {"version": target})
+            except UserError as exc:  # e.g. an application started with serve.run, not from a config
+                raise HTTPException(409, str(exc)) from exc
         return {"artifact": body.artifact, "previous": current, "version": target}
 
     return api
@@ -179,6 +184,18 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def rewrite(self, requests: list[list[str]]) -> list[dict]:
+        """Rewrites for the HTTP requests waiting in this replica, fetched with ONE
+        ``RewriteLookup`` call (one version answers them all): the handle hop is paid once
+        per batch, not once per request. Nothing waits for a batch to fill."""
+        answer = await self.lookup.rewrite.remote([u for texts in requests for u in texts])
+        out, start = [], 0
+        for texts in requests:
+            out.append({**answer, "results": answer["results"][start : start + len(texts)]})
+            start += len(texts)
+        return out
 
     def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         """401 unless the bearer token equals the admin token; 403 when none is configured."""

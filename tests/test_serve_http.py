@@ -70,7 +70,7 @@ def served(tmp_path_factory):
     env = {**ingress_env("haproxy"), "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
     args = {"store_root": str(root / "store"), "decision_log_dir": str(root / "log"), "admin_token": TOKEN,
-            "flag_poll_s": 0.2, "decision_log_max_age_s": 0.5, "max_body_bytes": 20_000}
+            "flag_poll_s": 0.2, "decision_log_max_age_s": 3600, "max_body_bytes": 20_000}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -295,3 +295,14 @@ def test_fuzz_openapi_never_5xx(served, mode):
             case.call_and_validate(checks=[not_a_server_error])
 
         fuzz()
+
+
+def test_shutdown_writes_the_buffered_decisions(served):
+    """Last in this module: routes a few requests, shuts Serve down, finds them on disk."""
+    from ray import serve
+
+    rows = ToyBandit(seed=0).routing(5, seed=31)[0].to_pylist()
+    ids = [requests.post(f"{served['url']}/v1/route", json=_route_body(r)).json()["request_id"] for r in rows]
+    serve.shutdown()
+    logged = set(read_table(served["log_dir"], "routing_log").column("request_id").to_pylist())
+    assert set(ids) <= logged
