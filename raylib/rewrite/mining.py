@@ -118,7 +118,7 @@ def candidate_rewrites(model: Model, source_results: pa.Table) -> pa.Table:
     best = best_rewrites(model.space, P)
     s = best.column("source").to_numpy()
     t = best.column("target").to_numpy()
-    top_h = np.asarray(p_h_given_u(model.space).argmax(axis=1)).ravel()
+    top_h = np.asarray(p_h_given_u(model.space).argmax(axis=1)).ravel() if len(s) else np.zeros(0, np.int64)
     states, utts = model.chain.states, model.space.utterances
     return pa.table({
         "utterance": pa.array(utts[s].tolist(), pa.string()),
