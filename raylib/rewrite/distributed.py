@@ -31,9 +31,9 @@ from ray.data.context import ShuffleStrategy
 from raylib.rewrite.approx import SOURCE_RESULTS, approximate_sources
 from raylib.rewrite.counts import COUNTS, reduce_counts, session_counts, stats_of
 from raylib.rewrite.evidence import EVIDENCE, pair_evidence, reduce_evidence
-from raylib.rewrite.mining import Mined, MiningParams, build_model, candidate_rewrites, finalize
+from raylib.rewrite.mining import Mined, MiningParams, build_model, candidate_rewrites, finalize, mine_local
 from raylib.rewrite.sessions import sessionize
-from raylib.schema import validate, write_rejected
+from raylib.schema import INTERACTIONS, validate, write_rejected
 
 DEFAULT_BUCKETS = 16
 
@@ -118,7 +118,9 @@ def mine_ray(
     """The distributed path. ``interactions`` is a ``ray.data.Dataset`` of raw rows (e.g.
     ``ray.data.read_parquet``); rejected rows are quarantined under ``quarantine``."""
     with hash_shuffle():
-        good = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow")
+        good = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow").materialize()
+        if good.count() == 0:  # nothing valid: the shuffle would have no schema to work with
+            return mine_local(INTERACTIONS.empty_table(), params)
         bucketed = good.map_batches(_with_bucket, fn_args=(n_buckets,), batch_format="pyarrow")
         sessions = bucketed.groupby("bucket", num_partitions=n_buckets).map_groups(
             _sessionize_bucket, fn_args=(params.gap_s,), batch_format="pyarrow"
