@@ -58,6 +58,10 @@ REWRITE_BATCH = 256
 ROUTE_CONCURRENCY = 16
 REQUEST_TURNS = ("first", "followup")  # what users ask for; rephrases are the chain's evidence
 PDRFE_MODEL = "PDRFE (w/ edge attention)"
+# The default world: the small preset with 2.5x the sessions per customer, so that enough
+# defective utterances reach the mining filters' support within a 15-minute loop.
+DEFAULT_WORLD = {"traffic": {"sessions_per_customer": 20.0}}
+OPE_REPLICATES = "50"  # bootstrap replicates of the policy jobs' intervals (their default: 200)
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,10 @@ class LoopSettings:
     rounds: int = 3
     route_requests: int = 2000
     pdrfe_epochs: int = 2
-    policy_epochs: int = 3
+    policy_epochs: int = 6
     eval_requests: int = 3000
     min_customers: int = 5
+    min_support: int = 5
     world: tuple = ()  # simulator setting overrides, as sorted (key path, value) pairs
 
     def world_overrides(self) -> dict:
@@ -96,16 +101,19 @@ def parse_args(argv, prog):
     p.add_argument("--rounds", type=int, default=3, help="served rounds after the baseline round 0 (default 3)")
     p.add_argument("--route-requests", type=int, default=2000, help="routing requests per round (default 2000)")
     p.add_argument("--pdrfe-epochs", type=int, default=2, help="PDRFE link-prediction epochs (default 2)")
-    p.add_argument("--policy-epochs", type=int, default=3, help="RP/LP training epochs (default 3)")
+    p.add_argument("--policy-epochs", type=int, default=6, help="RP/LP training epochs (default 6)")
     p.add_argument("--eval-requests", type=int, default=3000,
                    help="fresh requests for the PDRFE router-feature measurement (default 3000)")
     p.add_argument("--min-customers", type=int, default=5,
                    help="distinct customers behind a served rewrite (default 5)")
+    p.add_argument("--min-support", type=int, default=5,
+                   help="times a source utterance was said before it can be rewritten (default 5)")
     p.add_argument("--config", help="YAML of simulator setting overrides (as for `selflearn simulate --config`), "
-                   "e.g. {population: {n_customers: 500}}")
+                   "merged over the loop's default world " + json.dumps(DEFAULT_WORLD))
     p.add_argument("--fresh", action="store_true", help="ignore stage markers and redo every stage")
     args = p.parse_args(argv)
-    for name in ("rounds", "route_requests", "pdrfe_epochs", "policy_epochs", "eval_requests", "min_customers"):
+    for name in ("rounds", "route_requests", "pdrfe_epochs", "policy_epochs", "eval_requests", "min_customers",
+                 "min_support"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -346,7 +354,8 @@ class Loop:
     def mine(self, data: str, name: str) -> dict:
         out = self.path("jobs", name)
         run_job("jobs.mine_rewrites", ["--data", data, "--out", out, "--store", self.store_root,
-                                       "--truth", data, "--min-customers", str(self.s.min_customers)],
+                                       "--truth", data, "--min-customers", str(self.s.min_customers),
+                                       "--min-support", str(self.s.min_support)],
                 self.path("logs", f"{name}.log"))
         summary = read_json(os.path.join(out, "summary.json"))
         return {"version": self.store.latest("rewrites"), "summary": summary, "out": out}
@@ -366,18 +375,19 @@ class Loop:
         out = self.path("jobs", name)
         before = self.store.latest("policy")
         rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", self.store_root,
-                                           "--epochs", str(self.s.policy_epochs), "--num-workers", "1"],
+                                           "--epochs", str(self.s.policy_epochs), "--num-workers", "1",
+                                           "--replicates", OPE_REPLICATES],
                      self.path("logs", f"{name}.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
         after = self.store.latest("policy")
-        published = rc == 0 and after != before
+        published = rc == 0 and summary.get("published_version") is not None and after != before
         return {"version": after, "published": published, "decision": summary.get("decision"),
                 "true_value": summary.get("true_value"), "out": out}
 
     def evaluate_policy(self, version: str) -> dict:
         out = self.path("jobs", "ope")
         run_job("jobs.evaluate_policy", ["--data", self.train_dir, "--out", out, "--store", self.store_root,
-                                         "--version", version],
+                                         "--version", version, "--replicates", OPE_REPLICATES],
                 self.path("logs", "ope.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
         return {"ope": summary.get("ope"), "decision": summary.get("decision"), "out": out}
@@ -758,6 +768,14 @@ def markdown_report(summary: dict, plots: list[str]) -> str:
 # ---- entry point -----------------------------------------------------------------------------
 
 
+def merge(base: dict, override: dict) -> dict:
+    """``override`` deep-merged over ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def flatten(overrides: dict, prefix: str = "") -> tuple:
     """Nested overrides as sorted (dotted key path, value) pairs (hashable, JSON-stable)."""
     pairs = []
@@ -792,7 +810,8 @@ def main(argv=None, prog=None) -> int:
     settings = LoopSettings(preset=args.preset, seed=args.seed, rounds=args.rounds, route_requests=args.route_requests,
                             pdrfe_epochs=args.pdrfe_epochs, policy_epochs=args.policy_epochs,
                             eval_requests=args.eval_requests, min_customers=args.min_customers,
-                            world=flatten(load_overrides(args.config)))
+                            min_support=args.min_support,
+                            world=flatten(merge(DEFAULT_WORLD, load_overrides(args.config))))
     resolve(settings.preset, settings.world_overrides())  # unknown simulator settings fail here, not mid-loop
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

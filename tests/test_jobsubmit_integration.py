@@ -28,6 +28,7 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from raylib.schema import read_table
+from raylib.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -110,7 +111,7 @@ class Head:
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def submit(self, *entrypoint: str, timeout: float = 240.0) -> tuple[str, str]:
+    def submit(self, *entrypoint: str, timeout: float = 480.0) -> tuple[str, str]:
         """`ray job submit` (blocking) with the repository as working dir; returns
         (submission id, job output). Fails the test unless the job SUCCEEDED."""
         sid = f"selflearn-{uuid.uuid4().hex[:8]}"
@@ -154,6 +155,36 @@ def test_simulate_job_writes_the_contract_tables(head, world_dir):
     assert summary["n_customers"] == 300 and summary["n_interactions"] > 0
     assert read_table(str(data), "interactions").num_rows == summary["n_interactions"]
     assert read_table(str(data), "routing_log").num_rows == 1500
+
+
+def test_mining_job_publishes_a_rewrite_table(head, world_dir):
+    """Ray Data under a submitted job: the mining pipeline on the simulated world."""
+    data, out = world_dir / "data", world_dir / "mine"
+    head.submit("python", "-m", "jobs.mine_rewrites", "--data", str(data), "--out", str(out),
+                "--truth", str(data), "--min-support", "3", "--min-customers", "2")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_sessions"] > 0 and summary["n_sources"] > 0
+    assert set(summary["removed_by_filter"]) >= {"min_support", "min_customers", "z_test"}
+    art = Store(str(out / "store")).load("rewrites")
+    table = art.table("table")
+    assert table.num_rows == summary["n_rewrites"]
+    assert {"utterance", "rewrite", "score", "n_customers"} <= set(table.column_names)
+    assert all(n >= 2 for n in table["n_customers"].to_pylist())
+
+
+def test_training_job_publishes_embeddings(head, world_dir):
+    """Ray Train under a submitted job: PDRFE on the simulated world, one epoch."""
+    data, out = world_dir / "data", world_dir / "pdrfe"
+    model = "PDRFE (w/ edge attention)"
+    head.submit("python", "-m", "jobs.train_pdrfe", "--data", str(data), "--out", str(out), "--models", model,
+                "--publish-model", model, "--epochs", "1", "--num-workers", "1", "--dim", "16")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cross_entropy"][model]) == {"lr", "mlp"}
+    assert summary["workers"] == 1 and summary["epochs"] == 1
+    art = Store(str(out / "store")).load("embeddings")
+    assert art.version == summary["embeddings_version"]
+    customers = art.table("customers")
+    assert customers.num_rows == 300 and customers["customer_id"].null_count == 0
 
 
 def test_the_upload_leaves_the_virtualenv_behind(head):

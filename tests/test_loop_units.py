@@ -136,3 +136,21 @@ def test_random_embeddings_add_no_value(tiny_world):
                                             pa.table({"skill_id": skills, "embedding": vec(len(skills))}))
     assert noise["measured"] and noise["oracle_value"] >= max(noise["true_value"].values())
     assert abs(noise["reward_added"]) < 0.05  # random embeddings add (almost) nothing
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--config", "/nonexistent/world.yaml"], "cannot read input"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert loop.main(["--out", str(tmp_path / "demo"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_simulator_settings_fail_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("population: {n_customer: 5}\n")
+    assert loop.main(["--out", str(tmp_path / "demo"), "--config", str(bad)]) == 2
+    assert "unknown simulator setting 'population.n_customer'" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "stages").exists()
