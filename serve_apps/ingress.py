@@ -122,12 +122,12 @@ def make_api(service: "Ingress") -> FastAPI:
 
     @api.get("/healthz", response_model=HealthResponse, summary="Liveness and the served versions")
     async def healthz() -> dict:
-        rewrites, policy = await asyncio.gather(service.lookup.describe.remote(), service.router.describe.remote())
+        rewrites, policy = await service.describe()
         return {"status": "ok", "rewrites": rewrites["version"], "policy": policy["version"]}
 
     @api.get("/v1/versions", response_model=VersionsResponse, summary="Versions served by each deployment")
     async def versions() -> dict:
-        rewrites, policy = await asyncio.gather(service.lookup.describe.remote(), service.router.describe.remote())
+        rewrites, policy = await service.describe()
         return {"rewrites": ArtifactVersion(**rewrites), "policy": ArtifactVersion(version=policy["version"])}
 
     @api.post(
@@ -184,6 +184,10 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self)
+
+    async def describe(self) -> tuple[dict, dict]:
+        """What ``RewriteLookup`` and ``HybridRouter`` (one replica each) serve now."""
+        return await asyncio.gather(self.lookup.describe.remote(), self.router.describe.remote())
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def rewrite(self, requests: list[list[str]]) -> list[dict]:

@@ -40,7 +40,7 @@ class RewriteIndex(Protocol):
 
     async def lookup(self, normalized: list[str]) -> list[Hit]: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class MemoryRewriteIndex:
@@ -60,7 +60,7 @@ class MemoryRewriteIndex:
         miss = (None, None)
         return [self._hits.get(u, miss) for u in normalized]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._hits = {}
 
 
@@ -114,5 +114,6 @@ class RedisRewriteIndex:
             if version not in keep:
                 self._sync.delete(key)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._sync.close()
+        await self._async.aclose()

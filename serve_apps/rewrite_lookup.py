@@ -70,7 +70,7 @@ class RewriteLookup:
             if isinstance(new, RedisRewriteIndex):
                 new.drop_other_versions({new.version} | ({old.version} if old else set()))
             if old is not None:
-                old.close()
+                await old.close()
             self.enabled = await asyncio.to_thread(self.store.enabled, self.name)
 
     def _maybe_refresh_flag(self) -> None:

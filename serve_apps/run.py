@@ -37,8 +37,9 @@ HAPROXY_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # gRPC between deployments, user code on the replica's loop
 }
 # Local runs: ingress replicas drain for 2 s on shutdown instead of the 30 s a cluster
-# behind a load balancer needs.
-LOCAL_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# behind a load balancer needs; the HAProxy manager gets 30 s (not 5 s) to report ready,
+# so a busy 2-core machine does not see it killed and restarted during serve.start.
+LOCAL_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 def packaged_config() -> dict:
