@@ -26,7 +26,7 @@ def local_ray():
 def world(tmp_path_factory):
     """A small simulated world plus a Parquet part of malformed rows."""
     root = tmp_path_factory.mktemp("sim")
-    simulate(str(root), preset="small", seed=3, config={"population": {"n_customers": 500}})
+    simulate(str(root), preset="small", seed=3, config={"population": {"n_customers": 300}})
     good = read_table(str(root), "interactions").slice(0, 3).to_pylist()
     bad = [dict(good[0], status="exploded"), dict(good[1], customer_id=""), dict(good[2], utterance="   ")]
     write_table(pa.Table.from_pylist(bad, schema=INTERACTIONS), str(root), "interactions", part=99)
