@@ -8,8 +8,9 @@ keep-alive connections, closed loop):
    lookup). Targets: p99 <= 2x the peer's, rps >= 0.5x the peer's, zero errors.
 2. rewrite lookup, ``--batch`` utterances per request: utterances/s >= 10x the peer's
    single-utterance rate.
-3. router ``/v1/route`` with ``@serve.batch`` (max 64) vs unbatched (max 1, set through
-   ``user_config``), at ``--router-concurrency`` connections. Target: >= 3x rps.
+3. router with ``@serve.batch`` (max 64) vs unbatched (max 1, set through ``user_config``),
+   at ``--router-concurrency`` requests in flight, over HTTP and through a DeploymentHandle
+   (the router alone). Target: >= 3x rps.
 4. ``--sustain`` seconds of mixed rewrite/route traffic: zero errors.
 
 Run by hand (never in CI): ``.venv/bin/python benchmarks/bench_serve.py``;
@@ -23,9 +24,11 @@ import asyncio
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -71,6 +74,33 @@ async def _load(url: str, bodies: list[dict], seconds: float, concurrency: int) 
         began = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - began
+    lat = np.array(latencies) * 1e3
+    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+
+
+async def _handle_load(handle, bodies: list[dict], seconds: float, concurrency: int) -> dict:
+    """The same closed loop through a DeploymentHandle (no HTTP): the router alone."""
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(k: int):
+        nonlocal errors
+        i = k
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                if await handle.route.remote(bodies[i % len(bodies)]) is None:
+                    errors += 1
+            except Exception:  # noqa: BLE001 - any failure counts as an error
+                errors += 1
+            latencies.append(time.perf_counter() - start)
+            i += concurrency
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - began
     lat = np.array(latencies) * 1e3
     return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
@@ -208,11 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     serve_batch = load(f"{url}/v1/rewrite", batches, args.duration, args.concurrency)
     report(f"Serve /v1/rewrite, {args.batch} utterances", serve_batch)
 
+    router = serve.get_deployment_handle("HybridRouter", app_name="selflearn")
+    handle_loop = asyncio.new_event_loop()  # the handle binds to one loop that keeps running
+    threading.Thread(target=handle_loop.run_forever, daemon=True).start()
+
+    def through_handle() -> dict:
+        job = _handle_load(router, routes, args.duration, args.router_concurrency)
+        return asyncio.run_coroutine_threadsafe(job, handle_loop).result()
+
     batched = load(f"{url}/v1/route", routes, args.duration, args.router_concurrency)
     report("Serve /v1/route, @serve.batch 64", batched)
+    handle_batched = through_handle()
+    report("HybridRouter handle, @serve.batch 64", handle_batched)
     control.apply_user_config("selflearn", "HybridRouter", {"max_batch_size": 1})
     unbatched = load(f"{url}/v1/route", routes, args.duration, args.router_concurrency)
     report("Serve /v1/route, unbatched", unbatched)
+    handle_unbatched = through_handle()
+    report("HybridRouter handle, unbatched", handle_unbatched)
     control.apply_user_config("selflearn", "HybridRouter", {"max_batch_size": 64})
 
     async def sustain():
@@ -226,16 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     report(f"sustained {args.sustain:.0f} s: route", sustained_route)
     serve.shutdown()
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
 
+    measured = (serve_single, serve_batch, batched, unbatched, handle_batched, handle_unbatched, sustained_rewrite, sustained_route)
     print("\nratios (Serve / peer measured above):")
     ok = all([
         verdict("rewrite p99 / peer p99", serve_single["p99_ms"] / peer_single["p99_ms"], "<= 2", serve_single["p99_ms"] <= 2 * peer_single["p99_ms"]),
         verdict("rewrite rps / peer rps", serve_single["rps"] / peer_single["rps"], ">= 0.5", serve_single["rps"] >= 0.5 * peer_single["rps"]),
         verdict("batched utterances/s / peer single rps", serve_batch["rps"] * args.batch / peer_single["rps"], ">= 10",
                 serve_batch["rps"] * args.batch >= 10 * peer_single["rps"]),
-        verdict("router batched rps / unbatched rps", batched["rps"] / unbatched["rps"], ">= 3", batched["rps"] >= 3 * unbatched["rps"]),
-        verdict("errors (all Serve measurements)", sum(r["errors"] for r in (serve_single, serve_batch, batched, unbatched, sustained_rewrite, sustained_route)),
-                "== 0", all(r["errors"] == 0 for r in (serve_single, serve_batch, batched, unbatched, sustained_rewrite, sustained_route))),
+        verdict("router batched rps / unbatched rps (HTTP)", batched["rps"] / unbatched["rps"], ">= 3", batched["rps"] >= 3 * unbatched["rps"]),
+        verdict("router batched rps / unbatched rps (handle)", handle_batched["rps"] / handle_unbatched["rps"], ">= 3",
+                handle_batched["rps"] >= 3 * handle_unbatched["rps"]),
+        verdict("errors (all Serve measurements)", sum(r["errors"] for r in measured),
+                "== 0", all(r["errors"] == 0 for r in measured)),
     ])
     return 0 if ok else 1
 
