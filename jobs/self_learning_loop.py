@@ -77,6 +77,7 @@ class LoopSettings:
     eval_requests: int = 3000
     min_customers: int = 5
     min_support: int = 5
+    mining_engine: str = "local"
     world: tuple = ()  # simulator setting overrides, as sorted (key path, value) pairs
 
     def world_overrides(self) -> dict:
@@ -108,6 +109,9 @@ def parse_args(argv, prog):
                    help="distinct customers behind a served rewrite (default 5)")
     p.add_argument("--min-support", type=int, default=5,
                    help="times a source utterance was said before it can be rewritten (default 5)")
+    p.add_argument("--mining-engine", choices=("local", "ray"), default="local",
+                   help="rewrite mining path: single process (default; faster at the demo's scale) or Ray Data "
+                        "(use on a cluster); both give the identical table")
     p.add_argument("--config", help="YAML of simulator setting overrides (as for `selflearn simulate --config`), "
                    "merged over the loop's default world " + json.dumps(DEFAULT_WORLD))
     p.add_argument("--fresh", action="store_true", help="ignore stage markers and redo every stage")
@@ -355,7 +359,7 @@ class Loop:
         out = self.path("jobs", name)
         run_job("jobs.mine_rewrites", ["--data", data, "--out", out, "--store", self.store_root,
                                        "--truth", data, "--min-customers", str(self.s.min_customers),
-                                       "--min-support", str(self.s.min_support)],
+                                       "--min-support", str(self.s.min_support), "--engine", self.s.mining_engine],
                 self.path("logs", f"{name}.log"))
         summary = read_json(os.path.join(out, "summary.json"))
         return {"version": self.store.latest("rewrites"), "summary": summary, "out": out}
@@ -810,7 +814,7 @@ def main(argv=None, prog=None) -> int:
     settings = LoopSettings(preset=args.preset, seed=args.seed, rounds=args.rounds, route_requests=args.route_requests,
                             pdrfe_epochs=args.pdrfe_epochs, policy_epochs=args.policy_epochs,
                             eval_requests=args.eval_requests, min_customers=args.min_customers,
-                            min_support=args.min_support,
+                            min_support=args.min_support, mining_engine=args.mining_engine,
                             world=flatten(merge(DEFAULT_WORLD, load_overrides(args.config))))
     resolve(settings.preset, settings.world_overrides())  # unknown simulator settings fail here, not mid-loop
     out = os.path.abspath(args.out)
