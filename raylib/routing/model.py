@@ -76,8 +76,8 @@ class PolicyNetwork(nn.Module):
 
     def encode_utterance(self, tokens: torch.Tensor) -> torch.Tensor:
         """Word vectors -> BiLSTM -> sum over the real tokens: (B, L) -> (B, 2H)."""
-        out, _ = self.utt_lstm(self.word_emb(tokens))
-        return (out * (tokens != PAD).unsqueeze(-1)).sum(dim=1)
+        out = run_packed(self.utt_lstm, self.word_emb(tokens), tokens != PAD)
+        return out.sum(dim=1)
 
     def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unnormalized per-slot scores (B, T); padded slots are -inf."""
@@ -90,7 +90,7 @@ class PolicyNetwork(nn.Module):
             dim=-1,
         )
         x = torch.cat(cand + [batch["cand_num"], shared.unsqueeze(1).expand(-1, cand_cat.shape[1], -1)], dim=-1)
-        h, _ = self.cand_lstm(x)
+        h = run_packed(self.cand_lstm, x, mask)
         s = self.fc2(torch.relu(self.fc1(h))).squeeze(-1)
         return s.masked_fill(~mask, float("-inf")) if self.config.head == "policy" else s.masked_fill(~mask, 0.0)
 
@@ -99,6 +99,19 @@ class PolicyNetwork(nn.Module):
         Reward head: predicted expected reward of each slot (B, T)."""
         s = self.scores(batch)
         return torch.softmax(s, dim=-1) if self.config.head == "policy" else s
+
+
+def run_packed(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A batch-first (Bi)LSTM over the real steps of each row only; zeros on padding.
+
+    Packing makes a row's output independent of how much padding its batch has (the
+    backward direction would otherwise start on padding), so a request gets the same
+    probabilities alone or batched with longer ones."""
+    lengths = mask.sum(dim=1).clamp(min=1).cpu()
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out * mask.unsqueeze(-1)
 
 
 def to_tensors(features: Features, rows=None) -> dict[str, torch.Tensor]:
