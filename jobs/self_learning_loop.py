@@ -255,12 +255,6 @@ class Service:
         with cf.ThreadPoolExecutor(ROUTE_CONCURRENCY) as pool:
             return list(pool.map(one, requests))
 
-    def flush_decisions(self) -> None:
-        from ray import serve
-
-        from serve_apps.run import APP_NAME
-
-        serve.get_deployment_handle("HybridRouter", app_name=APP_NAME).flush_log.remote().result()
 
 
 def route_bodies(table: pa.Table) -> list[dict]:
@@ -280,6 +274,14 @@ def route_bodies(table: pa.Table) -> list[dict]:
 
 
 # ---- measurements (pure) ---------------------------------------------------------------------
+
+
+def with_feedback(decisions: pa.Table, feedback: pa.Table) -> pa.Table:
+    """Decision-log rows (without reward) with the reward of their feedback row, joined on
+    request_id; decisions without feedback are left out."""
+    where = pc.index_in(decisions["request_id"], value_set=feedback["request_id"])
+    joined = decisions.append_column("reward", pc.take(feedback["reward"], where))
+    return joined.filter(pc.is_valid(where))
 
 
 def policy_value(distributions: list, expected_rewards: list) -> float:
@@ -452,7 +454,7 @@ class Loop:
             ids = pa.array([r["request_id"] for r in responses])
             feedback = pa.table({"request_id": ids, "reward": routed["reward"]}, schema=schema.FEEDBACK)
             truth = truth.set_column(0, "request_id", ids)
-            decisions = self.decision_rows(svc, ids).join(feedback, "request_id", join_type="inner")
+            decisions = with_feedback(self.decision_rows(svc, ids), feedback)
             if decisions.num_rows != len(ids):
                 raise UserError(f"round {rnd}: {decisions.num_rows} of {len(ids)} decisions reached the log")
             decisions = decisions.select(schema.ROUTING_LOG.names).cast(schema.ROUTING_LOG)
@@ -471,17 +473,19 @@ class Loop:
                 "rejected": checked.n_rejected, "decisions_version": version,
                 "served_through": "POST /v1/route" if policy_version else "simulator logging policy"}
 
-    def decision_rows(self, svc: Service, ids: pa.Array) -> pa.Table:
-        """This round's rows of the router's decision log (flushed, then read back)."""
-        svc.flush_decisions()
-        wanted = pa.array(ids)
-        for _ in range(100):
-            log_table = schema.read_table(svc.decision_log_dir, "routing_log")
-            rows = log_table.filter(pc.is_in(log_table["request_id"], wanted)).drop_columns(["reward"])
-            if rows.num_rows >= len(ids):
-                return rows
-            time.sleep(0.2)
-        return rows
+    def decision_rows(self, svc: Service, ids: pa.Array, timeout_s: float = 120.0) -> pa.Table:
+        """This round's rows of the router's decision log, read back once the router's
+        writer has flushed them (it does within ``decision_log_max_age_s`` = 1 s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                log_table = schema.read_table(svc.decision_log_dir, "routing_log")
+                rows = log_table.filter(pc.is_in(log_table["request_id"], ids)).drop_columns(["reward"])
+            except FileNotFoundError:
+                rows = None
+            if (rows is not None and rows.num_rows >= len(ids)) or time.monotonic() > deadline:
+                return rows if rows is not None else schema.ROUTING_LOG.empty_table().drop_columns(["reward"])
+            time.sleep(0.5)
 
     def learning_data(self, rnd: int) -> str:
         """Every decision log so far (simulator's logs + rounds 1..rnd), each row with the

@@ -154,3 +154,15 @@ def test_unknown_simulator_settings_fail_before_any_work(tmp_path, capsys):
     assert loop.main(["--out", str(tmp_path / "demo"), "--config", str(bad)]) == 2
     assert "unknown simulator setting 'population.n_customer'" in capsys.readouterr().err
     assert not (tmp_path / "demo" / "stages").exists()
+
+
+def test_feedback_joins_onto_decisions_by_request_id(tiny_world):
+    _, world = tiny_world
+    log, _ = world.routing(5, seed=7)
+    decisions = log.drop_columns(["reward"])
+    ids = log["request_id"].to_pylist()
+    feedback = pa.table({"request_id": [ids[3], ids[0], "unknown"], "reward": [1.0, 0.0, 1.0]}, schema=schema.FEEDBACK)
+    joined = loop.with_feedback(decisions, feedback)
+    assert joined["request_id"].to_pylist() == [ids[0], ids[3]]
+    assert joined["reward"].to_pylist() == [0.0, 1.0]
+    assert joined["context"].to_pylist() == [log["context"][0].as_py(), log["context"][3].as_py()]
