@@ -768,6 +768,7 @@ def markdown_report(summary: dict, plots: list[str]) -> str:
         lines.append(f"| {ref['round']} | {decision} | {ref['policy']['published']} | {ref['rewrites']['version']} |")
     lines += ["", "## Artifacts (store versions)", ""]
     lines += [f"- `{name}`: {', '.join(v) or 'none'}" for name, v in summary["artifacts"].items()]
+    lines.append("- this report and summary are published as the next version of `loop_report`")
     lines += ["", f"Stages run this time: {', '.join(summary['stages']['ran']) or 'none'}; reused: "
               f"{', '.join(summary['stages']['reused']) or 'none'}.", ""]
     return "\n".join(lines)
