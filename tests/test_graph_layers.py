@@ -69,13 +69,22 @@ def test_bipartite_call_equals_homogeneous_rows():
 
 
 def test_personalizer_is_eq5():
-    p = Personalizer(D, F, hidden=7)
+    p = Personalizer(D, F, hidden=7, keep_utterance=False)
     h, utt = torch.randn(2, D), torch.randn(2, F)
     l1, l2 = p.net[0], p.net[2]
     ref = l2.weight @ torch.relu(l1.weight @ torch.cat([h[0], utt[0]]) + l1.bias) + l2.bias
     assert torch.allclose(p(h, utt)[0], ref, atol=1e-5)
     # the same customer with two utterances gets two embeddings
     assert not torch.allclose(p(h[:1].repeat(2, 1), utt)[0], p(h[:1].repeat(2, 1), utt)[1])
+
+
+def test_personalizer_concatenating_form_keeps_the_utterance():
+    p = Personalizer(D, F, hidden=7)
+    h, utt = torch.randn(3, D), torch.randn(3, F)
+    out = p(h, utt)
+    assert out.shape == (3, D + F)
+    assert torch.allclose(out[:, :D], p.net(torch.cat([h, utt], -1)))  # Eq. 5 part
+    assert torch.equal(out[:, D:], utt)  # the utterance itself, untouched
 
 
 def test_max_margin_loss_by_hand():

@@ -43,8 +43,11 @@ def test_every_model_scores_a_batch_and_embeds_every_node(data, name):
     pos, neg = model(**{k: torch.as_tensor(v) for k, v in batch.items()})
     assert pos.shape == (32,) and neg.shape == (32, 5)
     features = edge_features(model, data)
-    assert features.shape == (len(data.edge_customer), 16) and np.isfinite(features).all()
     personal = SPECS[name].personalizer
+    width = 16 + (data.utterance_dim if personal else 0)  # [h_p (|| utt) || h_s]
+    assert features.shape == (len(data.edge_customer), width) and np.isfinite(features).all()
+    if personal:  # the concatenating personalizer keeps each edge's utterance vector
+        assert np.allclose(features[:, 8:8 + data.utterance_dim], data.utterance_vectors[data.edge_utterance])
     same_customer = np.flatnonzero(data.edge_customer == data.edge_customer[0])
     utts = data.edge_utterance[same_customer]
     if len(set(utts)) > 1:
@@ -77,3 +80,15 @@ def test_split_622_and_one_hot(data):
     assert (len(a), len(b), len(c)) == (600, 200, 200) and len(set(a) | set(b) | set(c)) == 1000
     oh = one_hot_features(data)
     assert oh.shape == (len(data.edge_customer), data.num_codes) and (oh.sum(1) == 8).all()
+
+
+def test_link_score_uses_the_eq5_part_of_the_personalized_embedding(data):
+    torch.manual_seed(0)
+    model = build_model(SPECS["Per"], data, dim=8).eval()
+    batch = {k: torch.as_tensor(v) for k, v in model.make_batch(data, data.train_edges[:16], np.random.default_rng(0)).items()}
+    pos, neg = model(**batch)
+    with torch.no_grad():
+        h = model.encode(batch["codes"], batch["edge_index"], batch["rel"], batch["edge_attr"])
+        f_p = model.personalizer.net(torch.cat([h[batch["customer"]], batch["utterance"]], -1))
+    assert torch.allclose(pos, (f_p * h[batch["positive"]]).sum(-1), atol=1e-5)
+    assert torch.allclose(neg, torch.einsum("bd,bkd->bk", f_p, h[batch["negative"]]), atol=1e-5)

@@ -1,8 +1,9 @@
 """Downstream evaluation of seed 000, sections 2 and 4.2.2: defect prediction.
 
 Each interaction becomes one row ``[personalized customer embedding || skill embedding]``
-(the customer embedding itself when a model has no personalizer; raw one-hot metadata
-for the non-graph baseline). Rows are split 6:2:2; a logistic regression and a 2-layer
+(the customer embedding itself when a model has no personalizer, ``[f_p([h_u || utt]) ||
+utt]`` with the concatenating personalizer of Eq. 5; raw one-hot metadata for the
+non-graph baseline). Rows are split 6:2:2; a logistic regression and a 2-layer
 network (hidden 32, ReLU) are trained on the train part with early stopping on the
 validation cross-entropy ("when validation loss is stable", Table 6) and scored by
 
@@ -24,7 +25,7 @@ from raylib.graph.data import GraphData
 
 @torch.no_grad()
 def edge_features(model: nn.Module, data: GraphData, chunk: int = 65536) -> np.ndarray:
-    """``[E, 2d]``: personalized customer embedding (Eq. 5) and skill embedding of every
+    """``[E, width]``: personalized customer embedding (Eq. 5) and skill embedding of every
     interaction edge (training and held-out edges alike)."""
     model.eval()
     hc, hs = model.embed(data)

@@ -7,7 +7,8 @@ Every model here trains on the same link-prediction objective and shares one int
 - ``forward(**batch)`` -> ``(positive scores [B], negative scores [B, K])``: the inner
   products ``<h_u, h_s>`` of section 2 (``h_u`` personalized by Eq. 5 when enabled);
 - ``embed(data)`` -> ``(customer [U, d], skill [S, d])`` final embeddings of every node;
-- ``personalize(h_customer, utterance)`` -> per-edge customer embedding.
+- ``personalize(h_customer, utterance)`` -> per-edge customer embedding (with the
+  personalizer: ``[f_p([h_u || utt]) || utt]``, of which the first ``d`` coordinates score).
 
 Variants (Table 4): ``RGCN`` is the backbone; ``EC`` adds the edge convolution of Eq. 1
 (``nnconv``, or ``factorized``); ``EAtt`` adds edge attention (Eq. 2-4); ``Per`` adds the
@@ -125,7 +126,7 @@ class PDRFE(nn.Module):
 
     def forward(self, codes, edge_index, rel, edge_attr, utterance, customer, positive, negative):
         h = self.encode(codes, edge_index, rel, edge_attr)
-        hu = self.personalize(h[customer], utterance)
+        hu = self.personalize(h[customer], utterance)[:, : h.size(1)]  # utterance coordinates score 0
         return (hu * h[positive]).sum(-1), torch.einsum("bd,bkd->bk", hu, h[negative])
 
     @torch.no_grad()
