@@ -78,6 +78,7 @@ class LoopSettings:
     min_customers: int = 5
     min_support: int = 5
     mining_engine: str = "local"
+    guardrails: str | None = None  # YAML for the policy jobs (None: their built-in guard-rails)
     world: tuple = ()  # simulator setting overrides, as sorted (key path, value) pairs
 
     def world_overrides(self) -> dict:
@@ -112,6 +113,8 @@ def parse_args(argv, prog):
     p.add_argument("--mining-engine", choices=("local", "ray"), default="local",
                    help="rewrite mining path: single process (default; faster at the demo's scale) or Ray Data "
                         "(use on a cluster); both give the identical table")
+    p.add_argument("--guardrails", help="guard-rails YAML for train_policy/evaluate_policy "
+                   "(default: theirs, jobs/policy_guardrails.yaml)")
     p.add_argument("--config", help="YAML of simulator setting overrides (as for `selflearn simulate --config`), "
                    "merged over the loop's default world " + json.dumps(DEFAULT_WORLD))
     p.add_argument("--fresh", action="store_true", help="ignore stage markers and redo every stage")
@@ -376,13 +379,16 @@ class Loop:
         return {"version": summary.get("embeddings_version") or self.store.latest("embeddings"),
                 "cross_entropy": summary.get("cross_entropy"), "out": out}
 
+    def guardrail_args(self) -> list[str]:
+        return ["--guardrails", self.s.guardrails] if self.s.guardrails else []
+
     def train_policy(self, data: str, name: str) -> dict:
         """train_policy publishes only when the guard-rails pass (exit code 1 otherwise)."""
         out = self.path("jobs", name)
         before = self.store.latest("policy")
         rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", self.store_root,
                                            "--epochs", str(self.s.policy_epochs), "--num-workers", "1",
-                                           "--replicates", OPE_REPLICATES],
+                                           "--replicates", OPE_REPLICATES, *self.guardrail_args()],
                      self.path("logs", f"{name}.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
         after = self.store.latest("policy")
@@ -393,7 +399,8 @@ class Loop:
     def evaluate_policy(self, version: str) -> dict:
         out = self.path("jobs", "ope")
         run_job("jobs.evaluate_policy", ["--data", self.train_dir, "--out", out, "--store", self.store_root,
-                                         "--version", version, "--replicates", OPE_REPLICATES],
+                                         "--version", version, "--replicates", OPE_REPLICATES,
+                                         *self.guardrail_args()],
                 self.path("logs", "ope.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
         return {"ope": summary.get("ope"), "decision": summary.get("decision"), "out": out}
@@ -820,6 +827,7 @@ def main(argv=None, prog=None) -> int:
                             pdrfe_epochs=args.pdrfe_epochs, policy_epochs=args.policy_epochs,
                             eval_requests=args.eval_requests, min_customers=args.min_customers,
                             min_support=args.min_support, mining_engine=args.mining_engine,
+                            guardrails=os.path.abspath(args.guardrails) if args.guardrails else None,
                             world=flatten(merge(DEFAULT_WORLD, load_overrides(args.config))))
     resolve(settings.preset, settings.world_overrides())  # unknown simulator settings fail here, not mid-loop
     out = os.path.abspath(args.out)
