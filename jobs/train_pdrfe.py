@@ -121,7 +121,8 @@ def run_name(model: str, cfg: TrainConfig, extra: dict) -> str:
 
 def publish_embeddings(store_root: str, graph, data: GraphData, trained, model_name: str, meta: dict) -> str:
     """Store artifact "embeddings": customer and skill embeddings, the personalized
-    customer embedding of every distinct (customer, utterance) pair, and the personalizer
+    customer embedding of every distinct (customer, utterance) pair (``[f_p([h_u || utt]) ||
+    utt]`` for a model with the personalizer), and the personalizer
     weights (so a new utterance can be personalized at serving time)."""
     from raylib.store import Store
 
