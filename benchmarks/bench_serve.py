@@ -46,6 +46,13 @@ def free_port() -> int:
 # ---- the client ---------------------------------------------------------------------------
 
 
+def load_summary(latencies: list[float], elapsed: float, errors: int) -> dict:
+    """Requests, rps, p50/p99 latency (ms) and errors of one closed-loop load run."""
+    lat = np.array(latencies) * 1e3
+    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+
+
 async def _load(url: str, bodies: list[dict], seconds: float, concurrency: int) -> dict:
     import aiohttp
 
@@ -74,9 +81,7 @@ async def _load(url: str, bodies: list[dict], seconds: float, concurrency: int) 
         began = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - began
-    lat = np.array(latencies) * 1e3
-    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+    return load_summary(latencies, elapsed, errors)
 
 
 async def _handle_load(handle, bodies: list[dict], seconds: float, concurrency: int) -> dict:
@@ -101,9 +106,7 @@ async def _handle_load(handle, bodies: list[dict], seconds: float, concurrency: 
     began = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - began
-    lat = np.array(latencies) * 1e3
-    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+    return load_summary(latencies, elapsed, errors)
 
 
 def load(url: str, bodies: list[dict], seconds: float, concurrency: int, warmup: float = 2.0) -> dict:
