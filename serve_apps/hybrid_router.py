@@ -23,19 +23,13 @@ from ray import serve
 from raylib.routing.hybrid import HybridPolicy
 from raylib.store import Store
 from serve_apps.decision_log import DecisionLogWriter, decision_rows
+from serve_apps.settings import autoscaling
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=256,
-    autoscaling_config={
-        "min_replicas": 1,
-        "initial_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 64,
-        "upscale_delay_s": 10,
-        "downscale_delay_s": 120,
-    },
+    autoscaling_config=autoscaling(64),
     user_config={"version": "latest", "max_batch_size": 64, "batch_wait_timeout_s": 0.005},
 )
 class HybridRouter:

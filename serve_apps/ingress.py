@@ -35,7 +35,7 @@ from serve_apps.models import (
     RouteResponse,
     VersionsResponse,
 )
-from serve_apps.settings import ServeSettings
+from serve_apps.settings import ServeSettings, autoscaling
 
 DEPLOYMENTS = {"rewrites": "RewriteLookup", "policy": "HybridRouter"}
 
@@ -162,14 +162,7 @@ def make_api(service: "Ingress") -> FastAPI:
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=256,
-    autoscaling_config={
-        "min_replicas": 1,
-        "initial_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 64,
-        "upscale_delay_s": 10,
-        "downscale_delay_s": 120,
-    },
+    autoscaling_config=autoscaling(64),
 )
 @serve.ingress()
 class Ingress:

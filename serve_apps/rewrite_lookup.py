@@ -19,6 +19,7 @@ from ray import serve
 from raylib.schema import normalize_utterance
 from raylib.store import Store
 from serve_apps.rewrite_index import MemoryRewriteIndex, RedisRewriteIndex, RewriteIndex
+from serve_apps.settings import autoscaling
 
 
 def load_index(store: Store, name: str, version: str, backend: str, redis_url: str) -> RewriteIndex:
@@ -33,14 +34,7 @@ def load_index(store: Store, name: str, version: str, backend: str, redis_url: s
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=200,
-    autoscaling_config={
-        "min_replicas": 1,
-        "initial_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 32,
-        "upscale_delay_s": 10,
-        "downscale_delay_s": 120,
-    },
+    autoscaling_config=autoscaling(32),
     user_config={"version": "latest"},
 )
 class RewriteLookup:

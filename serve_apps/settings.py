@@ -13,6 +13,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ADMIN_TOKEN_ENV = "SELFLEARN_ADMIN_TOKEN"
+
+
+def autoscaling(target_ongoing_requests: int) -> dict:
+    """The deployments' shared autoscaling policy: 1 to 4 replicas, quick up, slow down."""
+    return {
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": target_ongoing_requests,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 120,
+    }
 STORE_ENV = "SELFLEARN_STORE"
 
 
