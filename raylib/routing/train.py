@@ -21,6 +21,14 @@ from raylib.routing.model import NetworkConfig, PolicyNetwork
 
 OBJECTIVES = ("rp", "ips", "snips", "dr", "reward")
 TENSOR_KEYS = ("utterance", "context", "signals", "cand_cat", "cand_num", "mask")
+# Adam step size per objective when TrainSettings.lr is None. The off-policy objectives
+# (IPS / SNIPS / DR) get a smaller step: at 1e-2 the LP often collapsed to the
+# deterministic "top NLU candidate" policy (its softmax saturates on one slot and the
+# policy gradient, proportional to Π_θ(a|X), vanishes on every other logged action). In the
+# demo world (6 epochs) 3 of 8 LP trainings at 1e-2 ended there (true value 0.594 vs
+# 0.62-0.69 otherwise), none of 6 at 3e-3 (0.63-0.70); 1e-3 also avoided it but learned too
+# slowly on the small refresh test.
+DEFAULT_LR = {"rp": 1e-2, "reward": 1e-2, "ips": 3e-3, "snips": 3e-3, "dr": 3e-3}
 
 
 @dataclass
@@ -29,7 +37,7 @@ class TrainSettings:
 
     epochs: int = 8
     batch_size: int = 128
-    lr: float = 1e-2
+    lr: float | None = None  # None: DEFAULT_LR of the objective
     weight_decay: float = 1e-5
     clip: float | None = None  # IPS weight clipping: cap on 1 / Π_0
     baseline: float = 0.0  # IPS control variate (see objectives.lp_ips_loss)
@@ -102,7 +110,8 @@ def fit(
     perm = rng.permutation(n)
     mine = perm[rank * per_rank : (rank + 1) * per_rank]
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
-    opt = torch.optim.Adam(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    lr = settings.lr if settings.lr is not None else DEFAULT_LR[objective]
+    opt = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=settings.weight_decay)
     n_batches = max(1, -(-per_rank // settings.batch_size))
     history = []
     for epoch in range(settings.epochs):
