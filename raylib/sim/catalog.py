@@ -133,7 +133,7 @@ def _zipf(n: int, a: float, rng: np.random.Generator) -> np.ndarray:
 
 def _entity_names(config: dict, rng: np.random.Generator) -> dict[str, list[str]]:
     words = phonetics.confusable_words()
-    used: set[str] = set(words[:0])
+    used: set[str] = set()
     names: dict[str, list[str]] = {}
     for kind, (lo, hi) in ENTITY_WORDS.items():
         count = config["catalog"][f"n_{kind}s"] if kind != "city" else config["catalog"]["n_cities"]

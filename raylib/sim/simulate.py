@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from raylib import schema as S
 from raylib.sim import config as sim_config
-from raylib.sim.catalog import ASR, CANONICAL, CAUSE, SYSTEM_SKILL, WBR_COR
+from raylib.sim.catalog import ASR, CANONICAL, CAUSE, DOMAINS, SYSTEM_SKILL, WBR_COR
 from raylib.sim.traffic import TURN_KINDS, generate_turns
 from raylib.sim.world import World
 
@@ -45,8 +45,6 @@ def customers_table(world: World) -> pa.Table:
 def skills_table(world: World) -> pa.Table:
     cat = world.catalog
     meta = cat.skill_meta
-    from raylib.sim.catalog import DOMAINS
-
     return pa.table({
         "skill_id": cat.skill_ids + [SYSTEM_SKILL],
         "skill_category": [f"category-{x:02d}" for x in meta["skill_category"]] + ["system"],
