@@ -72,6 +72,10 @@ class HybridRouter:
             return None
         return await self._decide(request)
 
+    async def route_many(self, requests: list[dict]) -> list[dict | None]:
+        """``route`` for each request (in order); each still joins ``@serve.batch``."""
+        return list(await asyncio.gather(*(self.route(r) for r in requests)))
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _decide(self, requests: list[dict]) -> list[dict]:
         policy, version = self.policy, self.version

@@ -1,5 +1,12 @@
-"""The HTTP API: one FastAPI app in the ``Ingress`` deployment, in front of ``RewriteLookup``
-and ``HybridRouter`` (reached through their ``DeploymentHandle``).
+"""The HTTP API: one FastAPI app in the ``Ingress`` deployment, composed with ``RewriteLookup``
+and ``HybridRouter`` through their ``DeploymentHandle``.
+
+``/v1/rewrite`` is answered inside the ingress process: each replica keeps a copy of the
+rewrite-table version that ``RewriteLookup`` announces (``ServedRewrites``, the same table,
+flag and normalization code), followed with a long poll on ``RewriteLookup.watch``, so a
+rewrite request costs no hop between processes. ``/v1/route`` batches the requests waiting
+in the replica into one ``HybridRouter.route_many`` call, where ``@serve.batch`` groups them
+into policy decisions.
 
 Endpoints: ``POST /v1/rewrite``, ``POST /v1/route``, ``GET /healthz``, ``GET /v1/versions``
 and ``POST /v1/admin/reload`` (bearer token); the OpenAPI schema is at ``/openapi.json``
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +43,7 @@ from serve_apps.models import (
     RouteResponse,
     VersionsResponse,
 )
+from serve_apps.served_rewrites import ServedRewrites
 from serve_apps.settings import ServeSettings, autoscaling
 
 DEPLOYMENTS = {"rewrites": "RewriteLookup", "policy": "HybridRouter"}
@@ -106,7 +115,7 @@ def make_api(service: "Ingress") -> FastAPI:
 
     @api.post("/v1/rewrite", response_model=RewriteResponse, summary="Rewrite one utterance or a batch")
     async def rewrite(body: RewriteRequest) -> dict:
-        return await service.rewrite(body.texts())
+        return await service.rewrites.answer(body.texts())
 
     @api.post(
         "/v1/route",
@@ -115,7 +124,7 @@ def make_api(service: "Ingress") -> FastAPI:
         responses={503: {"description": "no routing policy has been published yet"}},
     )
     async def route(body: RouteRequest) -> dict:
-        decision = await service.router.route.remote(body.model_dump())
+        decision = await service.route(body.model_dump())
         if decision is None:
             raise HTTPException(503, "no routing policy is loaded yet")
         return {**decision, "candidate": body.candidates[decision["action"]]}
@@ -154,9 +163,15 @@ def make_api(service: "Ingress") -> FastAPI:
                 await asyncio.to_thread(control.apply_user_config, service.app_name, deployment, {"version": target})
             except UserError as exc:  # e.g. an application started with serve.run, not from a config
                 raise HTTPException(409, str(exc)) from exc
+        if body.artifact == "rewrites":
+            await service.wait_for_rewrites(target)
         return {"artifact": body.artifact, "previous": current, "version": target}
 
     return api
+
+
+WATCH_S = 2.0  # long-poll length of RewriteLookup.watch (short: replicas drain quickly)
+FOLLOW_RETRY_S = 1.0
 
 
 @serve.deployment(
@@ -166,33 +181,53 @@ def make_api(service: "Ingress") -> FastAPI:
 )
 @serve.ingress()
 class Ingress:
-    def __init__(self, lookup: DeploymentHandle, router: DeploymentHandle, settings: dict):
+    async def __init__(self, lookup: DeploymentHandle, router: DeploymentHandle, settings: dict):
         self.lookup = lookup
         self.router = router
         self.settings = ServeSettings(**settings)
         self.store = Store(self.settings.store_root)
+        self.rewrites = ServedRewrites(self.store, self.settings.rewrites_name, self.settings.rewrite_backend,
+                                       self.settings.redis_url, self.settings.flag_poll_s)
         self.admin_token = self.settings.resolved_admin_token()
         self.app_name = serve.get_replica_context().app_name
         self.reload_lock = asyncio.Lock()
+        await self._follow_once(timeout_s=0.0)  # serve the announced version from the first request
+        self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self)
 
-    async def describe(self) -> tuple[dict, dict]:
-        """What ``RewriteLookup`` and ``HybridRouter`` (one replica each) serve now."""
-        return await asyncio.gather(self.lookup.describe.remote(), self.router.describe.remote())
+    async def _follow_once(self, timeout_s: float) -> None:
+        version = await self.lookup.watch.remote(self.rewrites.version, timeout_s)
+        if version is not None:
+            await self.rewrites.swap(version)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def rewrite(self, requests: list[list[str]]) -> list[dict]:
-        """Rewrites for the HTTP requests waiting in this replica, fetched with ONE
-        ``RewriteLookup`` call (one version answers them all): the handle hop is paid once
-        per batch, not once per request. Nothing waits for a batch to fill."""
-        answer = await self.lookup.rewrite.remote([u for texts in requests for u in texts])
-        out, start = [], 0
-        for texts in requests:
-            out.append({**answer, "results": answer["results"][start : start + len(texts)]})
-            start += len(texts)
-        return out
+    async def _follow(self) -> None:
+        """Keep this replica's rewrite table at the version ``RewriteLookup`` announces."""
+        while True:
+            try:
+                await self._follow_once(WATCH_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a lookup replica restarting: keep serving, retry
+                await asyncio.sleep(FOLLOW_RETRY_S)
+
+    async def wait_for_rewrites(self, version: str, timeout_s: float = 60.0) -> None:
+        """Return once this replica serves rewrite-table ``version`` (after a reload)."""
+        deadline = time.monotonic() + timeout_s
+        while self.rewrites.version != version and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def describe(self) -> tuple[dict, dict]:
+        """The rewrite table this replica serves and what ``HybridRouter`` serves now."""
+        return self.rewrites.describe(), await self.router.describe.remote()
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def route(self, requests: list[dict]) -> list[dict | None]:
+        """Decisions for the HTTP requests waiting in this replica, fetched with ONE
+        ``HybridRouter`` call: the handle hop is paid once per batch. Nothing waits for a
+        batch to fill; the router's ``@serve.batch`` still decides the dynamic batches."""
+        return await self.router.route_many.remote(requests)
 
     def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         """401 unless the bearer token equals the admin token; 403 when none is configured."""
@@ -200,3 +235,8 @@ class Ingress:
             raise HTTPException(403, "the admin API is disabled: no admin token is configured")
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.admin_token.encode()):
             raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+
+    def __del__(self):
+        follower = getattr(self, "_follower", None)
+        if follower is not None:
+            follower.cancel()

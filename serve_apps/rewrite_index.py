@@ -13,6 +13,8 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raylib.store import Store
+
 Hit = tuple[str | None, float | None]
 REDIS_LOAD_CHUNK = 10_000
 
@@ -117,3 +119,12 @@ class RedisRewriteIndex:
     async def close(self) -> None:
         self._sync.close()
         await self._async.aclose()
+
+
+def load_index(store: Store, name: str, version: str, backend: str, redis_url: str) -> RewriteIndex:
+    """The rewrite index of one artifact version, in the chosen backend."""
+    art = store.load(name, version)
+    table = art.table("table")
+    if backend == "redis":
+        return RedisRewriteIndex(redis_url, name, art.version).load(table)
+    return MemoryRewriteIndex(table, art.version)

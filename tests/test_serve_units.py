@@ -13,11 +13,14 @@ from pydantic import ValidationError
 
 from raylib.routing.toy import ToyBandit
 from raylib.schema import read_table, validate
+from raylib.store import Store
 from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
 from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
 from serve_apps.models import MAX_BATCH, ReloadRequest, RewriteRequest, RouteRequest
 from serve_apps.rewrite_index import MemoryRewriteIndex, best_rewrites
+from serve_apps.rewrite_lookup import RewriteLookup
 from serve_apps.run import main, packaged_config, serve_config
+from serve_apps.served_rewrites import ServedRewrites
 
 
 def test_best_rewrites_keeps_the_top_scoring_target_and_skips_nulls():
@@ -179,3 +182,33 @@ def test_cli_bad_arguments_are_one_line_errors(capsys):
     assert err.startswith("error: bad serving settings") and err.count("\n") == 1
     assert main(["--set", "novalue"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_rewrite_lookup_announces_its_version_and_a_copy_follows_it(tmp_path):
+    """``watch`` answers at once when the caller's version is stale, otherwise waits until a
+    swap (or the timeout); an ingress-style ``ServedRewrites`` copy then answers like the owner."""
+    store = Store(str(tmp_path / "store"))
+    table = pa.table({"utterance": ["turn of the lights"], "rewrite": ["turn off the lights"], "score": [0.8]})
+    store.publish("rewrites", {"table": table})
+    store.publish("rewrites", {"table": table.set_column(1, "rewrite", pa.array(["lights off"]))})
+    lookup = RewriteLookup.func_or_class(str(tmp_path / "store"), "rewrites", "memory", "", 60.0)
+    copy = ServedRewrites(store, "rewrites", "memory", "", 60.0)
+
+    async def scenario():
+        await lookup.reconfigure({"version": "v000001"})
+        assert await lookup.watch(None, 5.0) == "v000001"  # stale caller: no wait
+        await copy.swap(await lookup.watch(None, 5.0))
+        began = time.monotonic()
+        assert await lookup.watch("v000001", 0.2) == "v000001" and time.monotonic() - began >= 0.2
+        waiting = asyncio.create_task(lookup.watch("v000001", 30.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await lookup.reconfigure({"version": "latest"})
+        announced = await asyncio.wait_for(waiting, 5.0)
+        await copy.swap(announced)
+        return await copy.answer(["Turn OF the  Lights"]), await lookup.rewrite(["Turn OF the  Lights"])
+
+    mine, owners = asyncio.run(scenario())
+    assert mine == owners == {"version": "v000002", "enabled": True, "results": [
+        {"utterance": "Turn OF the  Lights", "normalized": "turn of the lights", "rewrite": "lights off", "score": 0.8}]}
+    assert copy.describe() == lookup.describe() == {"version": "v000002", "enabled": True, "backend": "memory", "size": 1}
