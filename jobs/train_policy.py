@@ -6,6 +6,11 @@ the guard-rails and publish it (store name "policy") only when they pass.
 
 DIR holds the contract tables: ``routing_log`` (required), ``feedback`` (joined onto rows
 whose reward is null) and the simulator's ``truth_routing`` (true values in the summary).
+Logs of several rounds may be pooled: every row keeps the propensity it was logged with.
+
+The policy in production is the store's latest published policy (when there is none, the
+logging policy recorded in the log): the new RP replicates it, κ (Eq. 3) and the guard-rails
+measure replication against it, and the reward regression compares with its value.
 Exit code: 0 when the guard-rails pass (policy published), 1 when they fail (nothing
 published), 2 on bad input.
 """
@@ -85,20 +90,28 @@ def main(argv=None, prog=None) -> int:
     if data.log.num_rows < 30:
         raise UserError(f"only {data.log.num_rows} learnable routing rows in {args.data}; need at least 30")
     store = Store(args.store or os.path.join(args.out, "store"))
-    fixed = None
-    if args.lp_only:
-        if store.latest("policy") is None:
-            raise UserError("--lp-only needs an already published policy in the store")
-        fixed = HybridPolicy.from_artifact(store.load("policy"))
+    current_version = store.latest("policy")
+    current = HybridPolicy.from_artifact(store.load("policy")) if current_version else None
+    if args.lp_only and current is None:
+        raise UserError("--lp-only needs an already published policy in the store")
+    fixed = current if args.lp_only else None
 
     if args.num_workers > 0:  # Ray Train workers; in-process training needs no runtime
         ray.init()
     settings = learn_settings(args)
     parts = split(data.log, data.truth)
-    refresh = learn_hybrid(parts["train"][0], parts["validation"][0], settings, fixed)
+    refresh = learn_hybrid(parts["train"][0], parts["validation"][0], settings, fixed, current)
     test_log, test_truth = parts["test"]
-    result = assess(refresh.policy, test_log, rails, refresh.reward_model, test_truth, args.replicates, args.seed)
-    summary = {"data": data.summary(), **result, "training": refresh.histories, "guardrails": rails.to_dict()}
+    result = assess(
+        refresh.policy, test_log, rails, refresh.reward_model, test_truth, args.replicates, args.seed, current=current
+    )
+    summary = {
+        "data": data.summary(),
+        **result,
+        "current_policy": current_version,
+        "training": refresh.histories,
+        "guardrails": rails.to_dict(),
+    }
     summary["refresh"] = run_refreshes(args, settings, rails) if args.refresh_rounds else None
     if result["decision"]["status"] == "pass":
         meta = {"decision": result["decision"]["status"], "ope": result["ope"], "lp_only": args.lp_only, **refresh.policy.info}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from raylib.routing.features import Vocabulary, encode, requests_to_table, top_intents
-from raylib.routing.hybrid import HybridPolicy, kappa, mixture, rpdr
+from raylib.routing.hybrid import HybridPolicy, kappa, mixture, production_distribution, rpdr
 from raylib.routing.toy import ToyBandit
 
 
@@ -89,3 +90,21 @@ def test_artifact_round_trip_and_decide_on_requests():
     # the served request encodes exactly like the same request in a log table
     feats = encode(requests_to_table([request]), again.vocab)
     assert feats.n_candidates.tolist() == [2] and feats.order[0, 0] == 1  # highest confidence first
+
+
+def test_production_distribution_is_the_current_policy_even_on_rows_logged_by_another():
+    bandit = ToyBandit(seed=3)
+    log, _ = bandit.routing(100, seed=2)  # logged by the bandit's own logging policy
+    current = HybridPolicy.untrained(Vocabulary.fit(log), seed=4)
+    width = max(len(c) for c in log["candidates"].to_pylist()) + 1  # wider than the table
+    dist, _ = current.padded_distribution(log)
+    ref = production_distribution(log, width, current)
+    assert ref.shape == (100, width)
+    assert np.allclose(ref[:, : dist.shape[1]], dist) and np.allclose(ref[:, dist.shape[1] :], 0)
+    logged = production_distribution(log, width)  # no current policy: the logged Π_0
+    for row, p in zip(logged, log["propensities"].to_pylist()):
+        assert np.allclose(row[: len(p)], p) and np.allclose(row[len(p) :], 0)
+    assert not np.allclose(ref, logged)
+    i = log.schema.get_field_index("propensities")
+    unknown = log.set_column(i, "propensities", pa.nulls(100, log.schema.field(i).type))
+    assert production_distribution(unknown, width) is None

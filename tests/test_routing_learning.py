@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raylib.routing.assess import assess
+from raylib.routing.assess import assess, current_value
 from raylib.routing.data import prepare
+from raylib.routing.features import Vocabulary
 from raylib.routing.guardrails import GuardRails
+from raylib.routing.hybrid import HybridPolicy, production_distribution
 from raylib.routing.learn import LearnSettings, learn_hybrid
 from raylib.routing.refresh import refresh_curve, split
 from raylib.routing.toy import ToyBandit
@@ -52,3 +54,23 @@ def test_four_refreshes_trend_up_within_tolerance():
     assert all(b >= a - rails.max_reward_regression for a, b in zip(curve, curve[1:]))
     assert curve[-1] > curve[0] + 0.02
     assert result["calibration"]["correlation"] is not None
+
+
+def test_current_policy_value_is_its_mean_reward_on_its_own_logs_and_an_estimate_on_others():
+    bandit = ToyBandit(n_intents=4, seed=5)
+    other, _ = bandit.routing(400, seed=0)
+    current = HybridPolicy.untrained(Vocabulary.fit(other), seed=1)
+    own, _ = bandit.routing(400, seed=1, policy=current.as_logging_policy(seed=2))
+    for log, on_own_logs in ((own, True), (other, False)):
+        width = max(len(c) for c in log["candidates"].to_pylist())
+        args = {
+            "actions": log["action"].to_numpy().astype(np.int64),
+            "propensity": log["propensity"].to_numpy(),
+            "reward": log["reward"].to_numpy(),
+            "predicted": None,
+        }
+        value = current_value(production_distribution(log, width, current), args)
+        mean_reward = float(args["reward"].mean())
+        # on its own logs every IPS weight is 1, so the (SNIPS) estimate is the mean reward
+        assert (value == pytest.approx(mean_reward)) is on_own_logs
+        assert current_value(None, args) == pytest.approx(mean_reward)

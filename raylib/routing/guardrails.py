@@ -71,7 +71,7 @@ def _check(checks: list, name: str, value, threshold, passed: bool, reason: str)
 
 def decide(ope: dict, current_value: float, rails: GuardRails) -> dict:
     """Apply ``rails`` to an OPE result (``ope.evaluate``) of the new policy; the current
-    policy's value is ``current_value`` (the logged mean reward when it produced the logs).
+    policy's value is ``current_value`` (``raylib.routing.assess.current_value``).
 
     Returns ``{"status": "pass"|"fail", "reasons": [failed checks], "checks": [...]}``."""
     checks: list[dict] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from raylib.routing.data import logged_distributions
 from raylib.routing.features import Vocabulary, encode, requests_to_table, top_intents
 from raylib.routing.model import NetworkConfig, PolicyNetwork, network_from_bytes, predict, state_bytes
 
@@ -65,6 +66,23 @@ def mixture(pi_rp: np.ndarray, pi_lp: np.ndarray, rpdr_rows: np.ndarray) -> np.n
     """Π_HP = RPDR · Π_RP + (1 - RPDR) · Π_LP, row-wise ((B, T), (B, T), (B,))."""
     w = np.asarray(rpdr_rows, dtype=np.float64)[:, None]
     return w * pi_rp + (1.0 - w) * pi_lp
+
+
+def production_distribution(table: pa.Table, width: int, current: "HybridPolicy | None" = None) -> np.ndarray | None:
+    """Π_0(·|X), the production policy that κ (Eq. 3) measures replication against, as a
+    (B, width) matrix: the distribution of ``current`` (the policy in production, when it is
+    a HybridPolicy; exact on every request, also on rows logged by older policies), else
+    the logged distributions when every row has them, else None (unknown).
+
+    Logs pooled over several refreshes carry each row's own logging distribution; those are
+    right for IPS but not for replication: the new policy must stay close to the policy it
+    replaces, not to a mix of its predecessors."""
+    if current is not None:
+        dist, _ = current.padded_distribution(table)
+        out = np.zeros((dist.shape[0], width))
+        out[:, : dist.shape[1]] = dist
+        return out
+    return logged_distributions(table, width)
 
 
 def _unpad(dist: np.ndarray, n_candidates: np.ndarray) -> list[np.ndarray]:

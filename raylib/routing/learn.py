@@ -2,6 +2,12 @@
 SNIPS / DR with a learned reward model) on the modeling split, then compute κ_j (Eq. 3)
 and RPDR_j (Eq. 4) per top-NLU-intent segment on the validation split.
 
+Π_0, the production policy the RP replicates (Eq. 1) and κ measures against (Eq. 3), is
+``current`` when the policy in production is a HybridPolicy (then the RP distills its exact
+distribution on every logged request, whichever policy logged it), else the logging
+distribution in the log. The LP learns from every logged row with the propensity it was
+logged with, so logs pooled over refreshes all count.
+
 The LP-daily / RP-weekly cadence: pass ``fixed_rp`` (an already published policy) and
 only the LP and RPDR values are refreshed; the RP, and the vocabulary it reads, are kept.
 """
@@ -13,9 +19,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from raylib.routing.data import logged_distributions
 from raylib.routing.features import Features, Vocabulary, encode, top_intents
-from raylib.routing.hybrid import HybridPolicy, kappa, replication_rates, rpdr, rpdr_for_imperfect_rp
+from raylib.routing.hybrid import (
+    HybridPolicy,
+    kappa,
+    production_distribution,
+    replication_rates,
+    rpdr,
+    rpdr_for_imperfect_rp,
+)
 from raylib.routing.model import NetworkConfig, PolicyNetwork, predict
 from raylib.routing.train import TrainSettings, train_network, training_arrays
 
@@ -76,11 +88,12 @@ def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tu
     return RewardModel(vocab, result.network), result.history
 
 
-def reference_policy(table: pa.Table, feats: Features, rp: PolicyNetwork) -> np.ndarray:
-    """Π_0 on a split: the logged distributions when the log has them, else RP's (a good
-    replicator of the current policy)."""
-    logged = logged_distributions(table, feats.mask.shape[1])
-    return logged if logged is not None else predict(rp, feats)
+def reference_policy(
+    table: pa.Table, feats: Features, rp: PolicyNetwork, current: HybridPolicy | None = None
+) -> np.ndarray:
+    """Π_0 on a split (``production_distribution``), else RP's (a good replicator of it)."""
+    ref = production_distribution(table, feats.mask.shape[1], current)
+    return ref if ref is not None else predict(rp, feats)
 
 
 def _pooled_kappa(pi: np.ndarray, pi_ref: np.ndarray, segments: np.ndarray, s: LearnSettings) -> dict[str, float]:
@@ -105,9 +118,14 @@ def segment_rpdr(
 
 
 def learn_hybrid(
-    train: pa.Table, validation: pa.Table, settings: LearnSettings | None = None, fixed_rp: HybridPolicy | None = None
+    train: pa.Table,
+    validation: pa.Table,
+    settings: LearnSettings | None = None,
+    fixed_rp: HybridPolicy | None = None,
+    current: HybridPolicy | None = None,
 ) -> Refresh:
-    """Train a new hybrid policy from logged routing data (one refresh)."""
+    """Train a new hybrid policy from logged routing data (one refresh). ``current`` is the
+    policy in production (None: the logging policy recorded in the log)."""
     s = settings or LearnSettings()
     if s.objective not in LP_OBJECTIVES:
         raise ValueError(f"unknown LP objective {s.objective!r}; expected one of {LP_OBJECTIVES}")
@@ -120,7 +138,7 @@ def learn_hybrid(
         rp = fixed_rp.rp
     else:
         config = NetworkConfig.for_vocabulary(vocab, **s.rp.sizes)
-        target = logged_distributions(train, feats.mask.shape[1])
+        target = production_distribution(train, feats.mask.shape[1], current)
         result = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
         rp, histories["rp"] = result.network, result.history
 
@@ -134,7 +152,7 @@ def learn_hybrid(
     lp, histories["lp"] = result.network, result.history
 
     val_feats = encode(validation, vocab)
-    pi_ref = reference_policy(validation, val_feats, rp)
+    pi_ref = reference_policy(validation, val_feats, rp, current)
     kappas, rpdrs = segment_rpdr(predict(lp, val_feats), predict(rp, val_feats), pi_ref, top_intents(validation), s)
     policy = HybridPolicy(
         vocab,
@@ -150,6 +168,7 @@ def learn_hybrid(
             "train_rows": train.num_rows,
             "validation_rows": validation.num_rows,
             "rp_refreshed": fixed_rp is None,
+            "rp_target": "logged policy" if current is None else "current policy",
         },
     )
     return Refresh(policy, reward_model, histories)

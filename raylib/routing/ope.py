@@ -9,8 +9,8 @@ target distribution Π(·|X_i) and (optionally) reward-model predictions q̂(X_i
     DM     = (1/n) Σ Σ_k Π(k|X_i) q̂(X_i, k)
     DR     = (1/n) Σ [ Σ_k Π(k|X_i) q̂(X_i, k) + w_i (r_i - q̂(X_i, a_i)) ]
     ESS    = (Σ w_i)^2 / Σ w_i^2
-    replication_i = 1 - |Π(X_i) - Π_0(X_i)|_1 / 2   (Π_0 = the logged distribution when the
-                    log has it, else the one-hot of the logged action)
+    replication_i = 1 - |Π(X_i) - Π_0(X_i)|_1 / 2   (Π_0 = the production policy's
+                    distribution when known, else the one-hot of the logged action)
     exploration_i = 1 - max_k Π(k|X_i)   (probability of not taking the top action)
 
 Intervals: 95% percentile intervals of a Poisson bootstrap (each row resampled with a
@@ -58,10 +58,10 @@ def effective_sample_size(w: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / sq) if sq > 0 else 0.0
 
 
-def reference_distribution(logged: np.ndarray | None, actions: np.ndarray, width: int) -> np.ndarray:
-    """Π_0 for replication: the logged distribution when known, else one-hot(a_i)."""
-    if logged is not None:
-        return logged
+def reference_distribution(reference: np.ndarray | None, actions: np.ndarray, width: int) -> np.ndarray:
+    """Π_0 for replication: the production policy's distribution when known, else one-hot(a_i)."""
+    if reference is not None:
+        return reference
     ref = np.zeros((len(actions), width))
     ref[np.arange(len(actions)), actions] = 1.0
     return ref
@@ -110,7 +110,7 @@ def evaluate_group(
     actions: np.ndarray,
     propensity: np.ndarray,
     reward: np.ndarray,
-    logged: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
     predicted: np.ndarray | None = None,
     defect: np.ndarray | None = None,
     replicates: int = 200,
@@ -119,14 +119,15 @@ def evaluate_group(
 ) -> dict:
     """Table-1 metrics (and more) with bootstrap intervals for one set of requests.
 
-    ``pi``/``logged``/``predicted`` are (n, T) zero-padded in candidate order; ``defect``
+    ``pi``/``reference``/``predicted`` are (n, T) zero-padded in candidate order (``reference``
+    = Π_0, the production policy replication is measured against); ``defect``
     marks defective requests (low reward) for the defect/non-defect splits."""
     rng = rng or np.random.default_rng(0)
     n = len(actions)
     if n == 0:
         return {"n": 0}
     w = ips_weights(pi, actions, propensity)
-    ref = reference_distribution(logged, actions, pi.shape[1])
+    ref = reference_distribution(reference, actions, pi.shape[1])
     l1 = np.abs(pi - ref).sum(axis=1)
     replication = 1.0 - l1 / 2.0
     exploration = 1.0 - pi.max(axis=1)
@@ -176,7 +177,7 @@ def evaluate(
     propensity: np.ndarray,
     reward: np.ndarray,
     segments: np.ndarray,
-    logged: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
     predicted: np.ndarray | None = None,
     defect_threshold: float = 0.5,
     replicates: int = 200,
@@ -194,7 +195,7 @@ def evaluate(
             actions[rows],
             propensity[rows],
             reward[rows],
-            None if logged is None else logged[rows],
+            None if reference is None else reference[rows],
             None if predicted is None else predicted[rows],
             defect[rows],
             replicates,

@@ -102,7 +102,7 @@ def write_report(out: str, summary: dict, title: str) -> str:
         "",
         f"Estimator used: **{est['estimator']}**; IPS trusted: {est['ips_trusted']}"
         + (f" ({'; '.join(est['ips_untrusted_reasons'])})" if est["ips_untrusted_reasons"] else "")
-        + f". Current policy's logged reward: {summary['current_value']:.4f}.",
+        + f". Current policy's value on these logs: {summary['current_value']:.4f}.",
         "",
         "| metric | RP | LP | HP |",
         "| --- | --- | --- | --- |",
