@@ -11,6 +11,10 @@ Logs of several rounds may be pooled: every row keeps the propensity it was logg
 The policy in production is the store's latest published policy (when there is none, the
 logging policy recorded in the log): the new RP replicates it, κ (Eq. 3) and the guard-rails
 measure replication against it, and the reward regression compares with its value.
+
+``--embeddings VERSION|latest`` feeds the PDRFE customer and skill embeddings (store name
+"embeddings" in --store, published by jobs.train_pdrfe) to the new networks; they travel
+inside the published policy, so serving needs only the request's customer_id and skill_ids.
 Exit code: 0 when the guard-rails pass (policy published), 1 when they fail (nothing
 published), 2 on bad input.
 """
@@ -35,6 +39,11 @@ def parse_args(argv, prog):
     p.add_argument("--clip", type=float, help="cap on 1/propensity in the LP objective (weight clipping)")
     p.add_argument("--kappa-target", type=float, default=0.9, help="desired minimum replication κ̃ per intent")
     p.add_argument("--lp-only", action="store_true", help="LP-daily cadence: keep the RP of the latest published policy")
+    p.add_argument("--embeddings", metavar="VERSION|latest",
+                   help="also feed the PDRFE customer/skill embeddings of this 'embeddings' store version "
+                   "(from jobs.train_pdrfe) to the new networks (default: none)")
+    p.add_argument("--embedding-product", action="store_true",
+                   help="with --embeddings, also feed the elementwise product customer ⊙ skill")
     p.add_argument("--epochs", type=int, default=10, help="training epochs per network")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
@@ -48,10 +57,30 @@ def parse_args(argv, prog):
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 < args.kappa_target <= 1.0:
         raise UserError("--kappa-target must be in (0, 1]")
+    if args.embedding_product and not args.embeddings:
+        raise UserError("--embedding-product needs --embeddings")
     return args
 
 
-def learn_settings(args):
+def load_embeddings(store, version: str | None, product: bool):
+    """The PDRFE embeddings the new networks read (None without --embeddings)."""
+    if not version:
+        return None
+    from raylib.routing.features import EmbeddingTables
+
+    if store.latest("embeddings") is None:
+        raise UserError(f"--embeddings {version}: the store {store.root} holds no 'embeddings' artifact (run jobs.train_pdrfe first)")
+    art = store.load("embeddings", version)  # ArtifactNotFound (a UserError) for an unknown version
+    try:
+        tables = EmbeddingTables.from_artifact(art)
+    except (KeyError, ValueError) as err:
+        raise UserError(f"embeddings version {art.version} is not a customer/skill embeddings artifact: {err}") from None
+    if product and tables.customer_dim != tables.skill_dim:
+        raise UserError(f"--embedding-product needs equal widths; customers {tables.customer_dim}, skills {tables.skill_dim}")
+    return tables
+
+
+def learn_settings(args, embeddings=None):
     from raylib.routing.learn import LearnSettings
     from raylib.routing.train import TrainSettings
 
@@ -67,6 +96,8 @@ def learn_settings(args):
         num_workers=args.num_workers,
         use_gpu=args.use_gpu,
         storage_path=os.path.abspath(os.path.join(args.out, "ray_train")),
+        embeddings=embeddings,
+        embedding_product=args.embedding_product,
     )
 
 
@@ -95,10 +126,11 @@ def main(argv=None, prog=None) -> int:
     if args.lp_only and current is None:
         raise UserError("--lp-only needs an already published policy in the store")
     fixed = current if args.lp_only else None
+    embeddings = load_embeddings(store, args.embeddings, args.embedding_product)
 
     if args.num_workers > 0:  # Ray Train workers; in-process training needs no runtime
         ray.init()
-    settings = learn_settings(args)
+    settings = learn_settings(args, embeddings)
     parts = split(data.log, data.truth)
     refresh = learn_hybrid(parts["train"][0], parts["validation"][0], settings, fixed, current)
     test_log, test_truth = parts["test"]
@@ -109,6 +141,12 @@ def main(argv=None, prog=None) -> int:
         "data": data.summary(),
         **result,
         "current_policy": current_version,
+        "embeddings": {
+            "used": embeddings is not None or refresh.policy.rp_embeddings is not None,
+            "version": embeddings.version if embeddings is not None else None,
+            "rp_version": refresh.policy.rp_embeddings.version if refresh.policy.rp_embeddings is not None else None,
+            "product": args.embedding_product,
+        },
         "training": refresh.histories,
         "guardrails": rails.to_dict(),
     }

@@ -8,7 +8,11 @@ Each routing request becomes
   * ``cand_cat``   (B, T, 3) categorical ids (domain, intent, skill_id) and
     ``cand_num``   (B, T, 1) numeric candidate signals (NLU confidence),
   * ``mask``       (B, T) true for real candidates, ``order`` (B, T) the original index of
-    each sorted slot (candidates are sorted by NLU confidence, highest first).
+    each sorted slot (candidates are sorted by NLU confidence, highest first),
+  * optionally (``encode(..., embeddings=...)``, the "next step" of seed 000's conclusion:
+    PDRFE representations as router inputs) ``customer`` (B, D_c), the PDRFE embedding of
+    the request's customer, and ``cand_emb`` (B, T, D_s), the PDRFE embedding of each
+    candidate's skill (sorted slots like ``cand_cat``; zeros on padding).
 
 Every vocabulary reserves id 0 for padding and id 1 for the out-of-vocabulary bucket, so a
 skill or word never seen in training still gets a vector. Encoding is vectorized with
@@ -17,7 +21,7 @@ skill or word never seen in training still gets a vector. Encoding is vectorized
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +96,78 @@ class Vocabulary:
 
 
 @dataclass
+class EmbeddingTables:
+    """PDRFE customer and skill embeddings (seed 000; store artifact ``"embeddings"``,
+    files ``customers`` (customer_id, embedding) and ``skills`` (skill_id, embedding)),
+    looked up by id. An id the tables do not hold (a customer or skill new since the
+    embeddings were trained, or a null customer_id) gets the ZERO vector."""
+
+    version: str | None
+    customer_ids: list[str]
+    customers: np.ndarray  # (N_c, D_c) float32
+    skill_ids: list[str]
+    skills: np.ndarray  # (N_s, D_s) float32
+
+    @property
+    def customer_dim(self) -> int:
+        return self.customers.shape[1]
+
+    @property
+    def skill_dim(self) -> int:
+        return self.skills.shape[1]
+
+    @classmethod
+    def from_tables(cls, customers: pa.Table, skills: pa.Table, version: str | None = None) -> "EmbeddingTables":
+        def matrix(table: pa.Table) -> np.ndarray:
+            column = table.column("embedding").combine_chunks()
+            width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+            if width is None:
+                lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+                if len(lengths) and (lengths != lengths[0]).any():
+                    raise ValueError("embeddings of one table must all have the same length")
+                width = int(lengths[0]) if len(lengths) else 0
+            flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+            return flat.astype(np.float32).reshape(table.num_rows, width)
+
+        return cls(
+            version,
+            customers.column("customer_id").to_pylist(),
+            matrix(customers),
+            skills.column("skill_id").to_pylist(),
+            matrix(skills),
+        )
+
+    @classmethod
+    def from_artifact(cls, art) -> "EmbeddingTables":
+        """From a store ``Artifact`` of ``train_pdrfe`` (``store.load("embeddings")``)."""
+        return cls.from_tables(art.table("customers"), art.table("skills"), art.version)
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        def vectors(x: np.ndarray) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])
+
+        return {
+            "customers": pa.table({"customer_id": pa.array(self.customer_ids, pa.string()), "embedding": vectors(self.customers)}),
+            "skills": pa.table({"skill_id": pa.array(self.skill_ids, pa.string()), "embedding": vectors(self.skills)}),
+        }
+
+    @staticmethod
+    def _lookup(ids: list[str], matrix: np.ndarray, values: pa.Array) -> np.ndarray:
+        """Rows of ``matrix`` for ``values`` (zero rows for unknown or null ids)."""
+        index = pc.index_in(pc.cast(values, pa.string()), value_set=pa.array(ids, pa.string()))
+        rows = pc.fill_null(index, len(ids)).to_numpy(zero_copy_only=False)
+        return np.vstack([matrix, np.zeros((1, matrix.shape[1]), np.float32)])[rows]
+
+    def customer_vectors(self, customer_ids: pa.Array) -> np.ndarray:
+        """(B, D_c) embeddings of ``customer_ids`` (zeros for unknown / null ids)."""
+        return self._lookup(self.customer_ids, self.customers, customer_ids)
+
+    def skill_vectors(self, skill_ids: pa.Array) -> np.ndarray:
+        """(N, D_s) embeddings of ``skill_ids`` (zeros for unknown / null ids)."""
+        return self._lookup(self.skill_ids, self.skills, skill_ids)
+
+
+@dataclass
 class Features:
     """Padded, sorted tensors (numpy) for a batch of routing requests."""
 
@@ -103,15 +179,18 @@ class Features:
     mask: np.ndarray  # (B, T) bool
     order: np.ndarray  # (B, T) int64: original candidate index of each sorted slot
     n_candidates: np.ndarray  # (B,) int64
+    customer: np.ndarray | None = None  # (B, D_c) float32 PDRFE customer embedding
+    cand_emb: np.ndarray | None = None  # (B, T, D_s) float32 PDRFE skill embedding per slot
 
     def __len__(self) -> int:
         return len(self.n_candidates)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(self.__dict__)
+        """Every array that is present (the embedding arrays only when encoded with them)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
     def subset(self, rows: np.ndarray) -> "Features":
-        return Features(**{k: v[rows] for k, v in self.__dict__.items()})
+        return Features(**{k: v[rows] for k, v in self.arrays().items()})
 
     def sorted_slots(self, per_candidate: np.ndarray) -> np.ndarray:
         """Reorder a (B, T) array given in original candidate order into sorted-slot order."""
@@ -135,8 +214,9 @@ def _pad(flat: np.ndarray, lengths: np.ndarray, width: int, fill) -> np.ndarray:
     return out
 
 
-def encode(table: pa.Table, vocab: Vocabulary) -> Features:
-    """Encode a routing_log-shaped table (columns utterance, context, candidates)."""
+def encode(table: pa.Table, vocab: Vocabulary, embeddings: EmbeddingTables | None = None) -> Features:
+    """Encode a routing_log-shaped table (columns utterance, context, candidates; with
+    ``embeddings`` also customer_id: a table without it gets zero customer vectors)."""
     cands = _candidates(table)
     n_cand = pc.list_value_length(cands).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(cands)
@@ -165,7 +245,7 @@ def encode(table: pa.Table, vocab: Vocabulary) -> Features:
     context = np.stack([vocab.lookup(name, _context_column(table, name)) for name in CONTEXT_FIELDS], axis=-1)
     asr = pc.fill_null(_context_column(table, "asr_confidence"), 0.0) if table.num_rows else pa.array([], pa.float32())
     signals = asr.to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
-    return Features(
+    features = Features(
         utterance=utt,
         context=context.reshape(len(n_cand), len(CONTEXT_FIELDS)),
         signals=signals,
@@ -174,6 +254,27 @@ def encode(table: pa.Table, vocab: Vocabulary) -> Features:
         mask=mask,
         order=order.astype(np.int64),
         n_candidates=n_cand,
+    )
+    return with_embeddings(features, table, embeddings) if embeddings is not None else features
+
+
+def with_embeddings(features: Features, table: pa.Table, embeddings: EmbeddingTables) -> Features:
+    """``features`` of ``table`` plus its PDRFE inputs: the customer embedding of each
+    request (``customer_id``; zeros when the table has no such column, the id is null or
+    unknown) and the skill embedding of each candidate in sorted-slot order (zeros for an
+    unknown skill and on padding)."""
+    n_cand, width = features.n_candidates, features.mask.shape[1]
+    flat = pc.list_flatten(_candidates(table))
+    padded = np.zeros((len(n_cand), width, embeddings.skill_dim), np.float32)
+    padded[features.mask] = embeddings.skill_vectors(pc.struct_field(flat, "skill_id"))  # row-major = flat order
+    if "customer_id" in table.column_names and table.num_rows:
+        customer_ids = pa.concat_arrays(table.column("customer_id").chunks)
+    else:
+        customer_ids = pa.nulls(table.num_rows, pa.string())
+    return replace(
+        features,
+        customer=embeddings.customer_vectors(customer_ids),
+        cand_emb=np.take_along_axis(padded, features.order[..., None], axis=1),
     )
 
 
@@ -192,13 +293,14 @@ def top_intents(table: pa.Table) -> np.ndarray:
 
 
 def requests_to_table(requests: list[dict]) -> pa.Table:
-    """Routing requests as served (dicts with utterance/candidates/context) -> the
-    request columns of a routing_log table."""
+    """Routing requests as served (dicts with utterance/candidates/context and optional
+    customer_id) -> the request columns of a routing_log table."""
     from raylib.schema import CANDIDATE, CONTEXT
 
     ctx_default = {"device_type": None, "device_status": None, "asr_confidence": None, "hour": None}
     return pa.table(
         {
+            "customer_id": pa.array([r.get("customer_id") for r in requests], pa.string()),
             "utterance": pa.array([r["utterance"] for r in requests], pa.string()),
             "context": pa.array([{**ctx_default, **(r.get("context") or {})} for r in requests], CONTEXT),
             "candidates": pa.array([r["candidates"] for r in requests], pa.list_(CANDIDATE)),

@@ -8,7 +8,13 @@ same as sampling from Π_HP; the propensity returned with an action is Π_HP(a |
 logging probability the next round of off-policy learning needs.
 
 The policy is stored as one versioned artifact (store name ``"policy"``):
-``{"manifest": dict, "rp": bytes, "lp": bytes}``.
+``{"manifest": dict, "rp": bytes, "lp": bytes}``. A policy whose RP or LP reads PDRFE
+embeddings (seed 000) carries them too, so it routes from the customer_id and skill_id
+fields alone: Parquet tables ``<prefix>_customers`` and ``<prefix>_skills`` (prefix
+``embeddings`` when RP and LP read the same version, else ``rp_embeddings`` /
+``lp_embeddings``), and ``manifest["embeddings"]`` = ``{"rp": {"version", "files"} | None,
+"lp": ...}``; such a manifest has format ``EMBEDDINGS_FORMAT``. A policy without
+embeddings is stored exactly as before (format ``ARTIFACT_FORMAT``), and both load.
 """
 
 from __future__ import annotations
@@ -19,10 +25,20 @@ import numpy as np
 import pyarrow as pa
 
 from raylib.routing.data import logged_distributions
-from raylib.routing.features import Vocabulary, encode, requests_to_table, top_intents
+from raylib.routing.features import (
+    EmbeddingTables,
+    Features,
+    Vocabulary,
+    encode,
+    requests_to_table,
+    top_intents,
+    with_embeddings,
+)
 from raylib.routing.model import NetworkConfig, PolicyNetwork, network_from_bytes, predict, state_bytes
 
 ARTIFACT_FORMAT = 1
+EMBEDDINGS_FORMAT = 2  # ARTIFACT_FORMAT plus the PDRFE embedding tables
+NETWORKS = ("rp", "lp")
 
 
 def replication_rates(pi_new: np.ndarray, pi_ref: np.ndarray) -> np.ndarray:
@@ -85,13 +101,21 @@ def production_distribution(table: pa.Table, width: int, current: "HybridPolicy 
     return logged_distributions(table, width)
 
 
+def network_features(features: Features, table: pa.Table, embeddings: EmbeddingTables | None) -> Features:
+    """What one network reads: ``features`` of ``table``, plus its PDRFE embeddings when it
+    reads any."""
+    return features if embeddings is None else with_embeddings(features, table, embeddings)
+
+
 def _unpad(dist: np.ndarray, n_candidates: np.ndarray) -> list[np.ndarray]:
     return [dist[i, : n_candidates[i]] for i in range(len(n_candidates))]
 
 
 @dataclass
 class HybridPolicy:
-    """RP + LP networks, the vocabulary they read and the per-intent RPDR values."""
+    """RP + LP networks, the vocabulary they read and the per-intent RPDR values; each
+    network may also read PDRFE embeddings (``rp_embeddings`` / ``lp_embeddings``, None: it
+    reads none; with ``--lp-only`` the kept RP keeps its own)."""
 
     vocab: Vocabulary
     rp: PolicyNetwork
@@ -101,6 +125,8 @@ class HybridPolicy:
     kappa_target: float = 0.9
     default_rpdr: float = 1.0  # intents never seen in validation are served by RP
     info: dict = field(default_factory=dict)  # training parameters, kept in the manifest
+    rp_embeddings: EmbeddingTables | None = None
+    lp_embeddings: EmbeddingTables | None = None
 
     # ---- distributions --------------------------------------------------------------------
 
@@ -112,7 +138,9 @@ class HybridPolicy:
         """(Π_RP, Π_LP, RPDR per row, n_candidates) for a routing_log-shaped table; the
         distributions are (B, T) in the table's candidate order, zero-padded."""
         feats = encode(table, self.vocab)
-        return predict(self.rp, feats), predict(self.lp, feats), self.rpdr_for(top_intents(table)), feats.n_candidates
+        pi_rp = predict(self.rp, network_features(feats, table, self.rp_embeddings))
+        pi_lp = predict(self.lp, network_features(feats, table, self.lp_embeddings))
+        return pi_rp, pi_lp, self.rpdr_for(top_intents(table)), feats.n_candidates
 
     def padded_distribution(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Π_HP as a (B, T) zero-padded matrix plus the candidate counts."""
@@ -174,9 +202,26 @@ class HybridPolicy:
 
     # ---- artifact -------------------------------------------------------------------------
 
+    def _embedding_files(self) -> tuple[dict, dict]:
+        """(manifest["embeddings"], {file key: table}) for the networks that read embeddings."""
+        used = {net: getattr(self, f"{net}_embeddings") for net in NETWORKS}
+        present = [e for e in used.values() if e is not None]
+        shared = len(present) == 2 and (present[0] is present[1] or present[0].version == present[1].version)
+        entries, files = {}, {}
+        for net, emb in used.items():
+            if emb is None:
+                entries[net] = None
+                continue
+            prefix = "embeddings" if shared else f"{net}_embeddings"
+            entries[net] = {"version": emb.version, "files": prefix}
+            files.update({f"{prefix}_{kind}": t for kind, t in emb.to_tables().items()})
+        return entries, files
+
     def manifest(self) -> dict:
+        entries, _ = self._embedding_files()
+        uses_embeddings = any(entries.values())
         return {
-            "format": ARTIFACT_FORMAT,
+            "format": EMBEDDINGS_FORMAT if uses_embeddings else ARTIFACT_FORMAT,
             "vocab": self.vocab.to_dict(),
             "rp_config": self.rp.config.to_dict(),
             "lp_config": self.lp.config.to_dict(),
@@ -185,16 +230,26 @@ class HybridPolicy:
             "kappa_target": self.kappa_target,
             "default_rpdr": self.default_rpdr,
             "info": self.info,
+            **({"embeddings": entries} if uses_embeddings else {}),
         }
 
     def to_files(self) -> dict:
         """Files for ``Store.publish("policy", files)``."""
-        return {"manifest": self.manifest(), "rp": state_bytes(self.rp), "lp": state_bytes(self.lp)}
+        _, tables = self._embedding_files()
+        return {"manifest": self.manifest(), "rp": state_bytes(self.rp), "lp": state_bytes(self.lp), **tables}
 
     @classmethod
-    def from_files(cls, manifest: dict, rp: bytes, lp: bytes) -> "HybridPolicy":
-        if manifest.get("format") != ARTIFACT_FORMAT:
+    def from_files(cls, manifest: dict, rp: bytes, lp: bytes, **tables: pa.Table) -> "HybridPolicy":
+        """Rebuild from ``to_files()`` (``tables``: the embedding tables the manifest names)."""
+        if manifest.get("format") not in (ARTIFACT_FORMAT, EMBEDDINGS_FORMAT):
             raise ValueError(f"unsupported policy artifact format {manifest.get('format')!r}")
+        embeddings = {}
+        for net, entry in manifest.get("embeddings", {}).items():
+            if entry is not None:
+                prefix = entry["files"]
+                embeddings[f"{net}_embeddings"] = EmbeddingTables.from_tables(
+                    tables[f"{prefix}_customers"], tables[f"{prefix}_skills"], entry["version"]
+                )
         return cls(
             vocab=Vocabulary.from_dict(manifest["vocab"]),
             rp=network_from_bytes(NetworkConfig(**manifest["rp_config"]), rp),
@@ -204,18 +259,32 @@ class HybridPolicy:
             kappa_target=float(manifest["kappa_target"]),
             default_rpdr=float(manifest["default_rpdr"]),
             info=dict(manifest.get("info", {})),
+            **embeddings,
         )
 
     @classmethod
     def from_artifact(cls, art) -> "HybridPolicy":
-        """Rebuild from a store ``Artifact`` (``store.load("policy")``)."""
-        return cls.from_files(art.json("manifest"), art.bytes("rp"), art.bytes("lp"))
+        """Rebuild from a store ``Artifact`` (``store.load("policy")``), embeddings included."""
+        manifest = art.json("manifest")
+        prefixes = {e["files"] for e in manifest.get("embeddings", {}).values() if e is not None}
+        tables = {f"{p}_{kind}": art.table(f"{p}_{kind}") for p in prefixes for kind in ("customers", "skills")}
+        return cls.from_files(manifest, art.bytes("rp"), art.bytes("lp"), **tables)
 
     @classmethod
-    def untrained(cls, vocab: Vocabulary, seed: int = 0, kappa_target: float = 0.9) -> "HybridPolicy":
-        """RP and LP with random weights (for wiring serving before any training)."""
+    def untrained(
+        cls, vocab: Vocabulary, seed: int = 0, kappa_target: float = 0.9, embeddings: EmbeddingTables | None = None
+    ) -> "HybridPolicy":
+        """RP and LP with random weights (for wiring serving before any training), both
+        reading ``embeddings`` when given."""
         import torch
 
         torch.manual_seed(seed)
-        config = NetworkConfig.for_vocabulary(vocab)
-        return cls(vocab, PolicyNetwork(config).eval(), PolicyNetwork(config).eval(), kappa_target=kappa_target)
+        config = NetworkConfig.for_vocabulary(vocab, embeddings)
+        return cls(
+            vocab,
+            PolicyNetwork(config).eval(),
+            PolicyNetwork(config).eval(),
+            kappa_target=kappa_target,
+            rp_embeddings=embeddings,
+            lp_embeddings=embeddings,
+        )

@@ -10,6 +10,10 @@ logged with, so logs pooled over refreshes all count.
 
 The LP-daily / RP-weekly cadence: pass ``fixed_rp`` (an already published policy) and
 only the LP and RPDR values are refreshed; the RP, and the vocabulary it reads, are kept.
+
+PDRFE embeddings (seed 000) as optional inputs: with ``LearnSettings.embeddings`` every
+network trained here (RP, LP, reward model) also reads the customer and candidate-skill
+embeddings (``model.PolicyNetwork``); a kept ``fixed_rp`` keeps its own inputs.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from raylib.routing.features import Features, Vocabulary, encode, top_intents
+from raylib.routing.features import EmbeddingTables, Features, Vocabulary, encode, top_intents
 from raylib.routing.hybrid import (
     HybridPolicy,
     kappa,
+    network_features,
     production_distribution,
     replication_rates,
     rpdr,
@@ -47,17 +52,27 @@ class LearnSettings:
     num_workers: int = 0  # 0: in-process; >= 1: Ray Train TorchTrainer workers
     use_gpu: bool = False
     storage_path: str | None = None
+    embeddings: EmbeddingTables | None = None  # PDRFE inputs of the new networks (None: none)
+    embedding_product: bool = False  # also feed c ⊙ s_k (model.PolicyNetwork)
+
+    def network_config(self, vocab: Vocabulary, train: TrainSettings, **extra) -> NetworkConfig:
+        """The network a trained model gets: ``train.sizes`` plus the PDRFE input widths."""
+        sizes = dict(train.sizes, **extra)
+        if self.embeddings is not None:
+            sizes.setdefault("embedding_product", self.embedding_product)
+        return NetworkConfig.for_vocabulary(vocab, self.embeddings, **sizes)
 
 
 @dataclass
 class RewardModel:
-    """q̂(X, k): a reward-head network and the vocabulary it reads."""
+    """q̂(X, k): a reward-head network, the vocabulary (and embeddings) it reads."""
 
     vocab: Vocabulary
     network: PolicyNetwork
+    embeddings: EmbeddingTables | None = None
 
     def predict(self, table: pa.Table) -> np.ndarray:
-        return predict(self.network, encode(table, self.vocab))
+        return predict(self.network, encode(table, self.vocab, self.embeddings))
 
 
 @dataclass
@@ -81,11 +96,11 @@ def _train(config: NetworkConfig, arrays: dict, objective: str, train: TrainSett
 
 def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tuple[RewardModel, list[float]]:
     """Regress logged rewards on (X, a) with the policy architecture's reward head."""
-    feats = encode(table, vocab)
+    feats = encode(table, vocab, s.embeddings)
     actions, _, reward = _columns(table)
-    config = NetworkConfig.for_vocabulary(vocab, head="reward", **s.reward.sizes)
+    config = s.network_config(vocab, s.reward, head="reward")
     result = _train(config, training_arrays(feats, actions, reward=reward), "reward", s.reward, s)
-    return RewardModel(vocab, result.network), result.history
+    return RewardModel(vocab, result.network, s.embeddings), result.history
 
 
 def reference_policy(
@@ -130,30 +145,33 @@ def learn_hybrid(
     if s.objective not in LP_OBJECTIVES:
         raise ValueError(f"unknown LP objective {s.objective!r}; expected one of {LP_OBJECTIVES}")
     vocab = fixed_rp.vocab if fixed_rp is not None else Vocabulary.fit(train)
-    feats = encode(train, vocab)
+    base = encode(train, vocab)
+    feats = network_features(base, train, s.embeddings)  # what the new networks read
     actions, propensity, reward = _columns(train)
     histories: dict[str, list[float]] = {}
 
     if fixed_rp is not None:
-        rp = fixed_rp.rp
+        rp, rp_embeddings = fixed_rp.rp, fixed_rp.rp_embeddings
     else:
-        config = NetworkConfig.for_vocabulary(vocab, **s.rp.sizes)
+        config = s.network_config(vocab, s.rp)
         target = production_distribution(train, feats.mask.shape[1], current)
         result = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
-        rp, histories["rp"] = result.network, result.history
+        rp, histories["rp"], rp_embeddings = result.network, result.history, s.embeddings
 
     reward_model, histories["reward"] = fit_reward_model(train, vocab, s)
     predicted = reward_model.predict(train) if s.objective == "dr" else None
     baseline = float(reward.mean()) if s.baseline is None else s.baseline
     lp_settings = replace(s.lp, baseline=baseline)
-    config = NetworkConfig.for_vocabulary(vocab, **s.lp.sizes)
+    config = s.network_config(vocab, s.lp)
     arrays = training_arrays(feats, actions, propensity, reward, predicted)
     result = _train(config, arrays, s.objective, lp_settings, s)
     lp, histories["lp"] = result.network, result.history
 
-    val_feats = encode(validation, vocab)
-    pi_ref = reference_policy(validation, val_feats, rp, current)
-    kappas, rpdrs = segment_rpdr(predict(lp, val_feats), predict(rp, val_feats), pi_ref, top_intents(validation), s)
+    val_base = encode(validation, vocab)
+    val_rp = network_features(val_base, validation, rp_embeddings)
+    val_lp = network_features(val_base, validation, s.embeddings)
+    pi_ref = reference_policy(validation, val_rp, rp, current)
+    kappas, rpdrs = segment_rpdr(predict(lp, val_lp), predict(rp, val_rp), pi_ref, top_intents(validation), s)
     policy = HybridPolicy(
         vocab,
         rp,
@@ -169,9 +187,27 @@ def learn_hybrid(
             "validation_rows": validation.num_rows,
             "rp_refreshed": fixed_rp is None,
             "rp_target": "logged policy" if current is None else "current policy",
+            **embeddings_info(rp_embeddings, s.embeddings, s.embedding_product),
         },
+        rp_embeddings=rp_embeddings,
+        lp_embeddings=s.embeddings,
     )
     return Refresh(policy, reward_model, histories)
+
+
+def embeddings_info(rp: EmbeddingTables | None, lp: EmbeddingTables | None, product: bool) -> dict:
+    """``{"embeddings": {rp_version, lp_version, product}}``: the PDRFE embeddings version
+    each network reads, for the manifest's info; empty when neither reads any (the info of
+    a policy without embeddings is unchanged)."""
+    if rp is None and lp is None:
+        return {}
+    return {
+        "embeddings": {
+            "rp_version": rp.version if rp is not None else None,
+            "lp_version": lp.version if lp is not None else None,
+            "product": bool(product) if lp is not None else False,
+        }
+    }
 
 
 @dataclass

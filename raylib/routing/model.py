@@ -8,6 +8,18 @@ BiLSTM, two fully connected layers and a softmax masked to the real candidates:
 
     Π_θ(a | X) = softmax_{a ∈ mask}( FC2( relu( FC1( BiLSTM(x_1 .. x_T) ) ) ) )
 
+Optional PDRFE inputs (seed 000's conclusion: its representations injected into a
+downstream router): with ``customer_dim``/``skill_dim`` > 0 the candidate vector x_k also
+carries the customer's embedding c (shared by the request's candidates) and the
+candidate skill's embedding s_k, and with ``embedding_product`` their elementwise product
+c ⊙ s_k (seed 000 scores a customer-skill link by such a product), all before the
+candidate BiLSTM:
+
+    x_k = [ e(domain_k) || e(intent_k) || e(skill_k) || conf_k || u || ctx || asr
+            || c || s_k || (c ⊙ s_k) ].
+
+With none configured the network is exactly the one above.
+
 The same network with ``head="reward"`` predicts each candidate's expected reward (the
 reward model of the doubly robust objective and estimator).
 """
@@ -38,14 +50,36 @@ class NetworkConfig:
     candidate_hidden: int = 48
     fc_hidden: int = 64
     head: str = "policy"  # "policy" -> probabilities, "reward" -> expected reward per candidate
+    customer_dim: int = 0  # width of the PDRFE customer embedding input (0: none)
+    skill_dim: int = 0  # width of the PDRFE skill embedding input (0: none)
+    embedding_product: bool = False  # also feed c ⊙ s_k (needs customer_dim == skill_dim)
+
+    def __post_init__(self):
+        if self.embedding_product and (self.customer_dim != self.skill_dim or self.customer_dim == 0):
+            raise ValueError(
+                f"embedding_product needs equal, non-zero customer and skill widths, got {self.customer_dim} and {self.skill_dim}"
+            )
 
     @classmethod
-    def for_vocabulary(cls, vocab: Vocabulary, **sizes) -> "NetworkConfig":
+    def for_vocabulary(cls, vocab: Vocabulary, embeddings=None, **sizes) -> "NetworkConfig":
+        """Sizes for ``vocab``; ``embeddings`` (an ``EmbeddingTables``) adds their widths."""
         names = CANDIDATE_FIELDS + CONTEXT_FIELDS + ("word",)
+        if embeddings is not None:
+            sizes = {"customer_dim": embeddings.customer_dim, "skill_dim": embeddings.skill_dim, **sizes}
         return cls(cardinalities={n: vocab.size(n) for n in names}, **sizes)
 
+    @property
+    def uses_embeddings(self) -> bool:
+        return self.customer_dim > 0 or self.skill_dim > 0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The sizes; the PDRFE fields only when used (a network without them serializes
+        exactly as before they existed)."""
+        out = asdict(self)
+        if not self.uses_embeddings:
+            for name in ("customer_dim", "skill_dim", "embedding_product"):
+                out.pop(name)
+        return out
 
 
 class PolicyNetwork(nn.Module):
@@ -69,6 +103,9 @@ class PolicyNetwork(nn.Module):
             + 2 * config.utterance_hidden
             + sum(e.embedding_dim for e in self.ctx_emb)
             + 1  # ASR confidence
+            + config.customer_dim
+            + config.skill_dim
+            + (config.skill_dim if config.embedding_product else 0)
         )
         self.cand_lstm = nn.LSTM(width, config.candidate_hidden, batch_first=True, bidirectional=True)
         self.fc1 = nn.Linear(2 * config.candidate_hidden, config.fc_hidden)
@@ -89,10 +126,26 @@ class PolicyNetwork(nn.Module):
             + [batch["signals"]],
             dim=-1,
         )
-        x = torch.cat(cand + [batch["cand_num"], shared.unsqueeze(1).expand(-1, cand_cat.shape[1], -1)], dim=-1)
+        x = torch.cat(
+            cand + [batch["cand_num"], shared.unsqueeze(1).expand(-1, cand_cat.shape[1], -1)] + self.pdrfe_inputs(batch),
+            dim=-1,
+        )
         h = run_packed(self.cand_lstm, x, mask)
         s = self.fc2(torch.relu(self.fc1(h))).squeeze(-1)
         return s.masked_fill(~mask, float("-inf")) if self.config.head == "policy" else s.masked_fill(~mask, 0.0)
+
+    def pdrfe_inputs(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The optional per-slot PDRFE inputs [c, s_k, c ⊙ s_k], each (B, T, D)."""
+        parts = []
+        width = batch["mask"].shape[1]
+        if self.config.customer_dim:
+            customer = batch["customer"].unsqueeze(1).expand(-1, width, -1)
+            parts.append(customer)
+        if self.config.skill_dim:
+            parts.append(batch["cand_emb"])
+        if self.config.embedding_product:
+            parts.append(customer * batch["cand_emb"])
+        return parts
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Policy head: probabilities Π_θ(a|X) over sorted slots (B, T), zero on padding.

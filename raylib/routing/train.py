@@ -20,7 +20,7 @@ from raylib.routing.features import Features
 from raylib.routing.model import NetworkConfig, PolicyNetwork
 
 OBJECTIVES = ("rp", "ips", "snips", "dr", "reward")
-TENSOR_KEYS = ("utterance", "context", "signals", "cand_cat", "cand_num", "mask")
+TENSOR_KEYS = ("utterance", "context", "signals", "cand_cat", "cand_num", "mask", "customer", "cand_emb")
 # Adam step size per objective when TrainSettings.lr is None. The off-policy objectives
 # (IPS / SNIPS / DR) get a smaller step: at 1e-2 the LP often collapsed to the
 # deterministic "top NLU candidate" policy (its softmax saturates on one slot and the
