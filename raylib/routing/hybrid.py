@@ -38,7 +38,6 @@ from raylib.routing.model import NetworkConfig, PolicyNetwork, network_from_byte
 
 ARTIFACT_FORMAT = 1
 EMBEDDINGS_FORMAT = 2  # ARTIFACT_FORMAT plus the PDRFE embedding tables
-NETWORKS = ("rp", "lp")
 
 
 def replication_rates(pi_new: np.ndarray, pi_ref: np.ndarray) -> np.ndarray:
@@ -202,23 +201,22 @@ class HybridPolicy:
 
     # ---- artifact -------------------------------------------------------------------------
 
-    def _embedding_files(self) -> tuple[dict, dict]:
-        """(manifest["embeddings"], {file key: table}) for the networks that read embeddings."""
-        used = {net: getattr(self, f"{net}_embeddings") for net in NETWORKS}
-        present = [e for e in used.values() if e is not None]
-        shared = len(present) == 2 and (present[0] is present[1] or present[0].version == present[1].version)
-        entries, files = {}, {}
-        for net, emb in used.items():
-            if emb is None:
-                entries[net] = None
-                continue
-            prefix = "embeddings" if shared else f"{net}_embeddings"
-            entries[net] = {"version": emb.version, "files": prefix}
-            files.update({f"{prefix}_{kind}": t for kind, t in emb.to_tables().items()})
-        return entries, files
+    def _embedding_prefixes(self) -> dict[str, str | None]:
+        """The file prefix of each network's embedding tables (None: it reads none); one
+        shared prefix when RP and LP read the same tables or the same published version."""
+        rp, lp = self.rp_embeddings, self.lp_embeddings
+        shared = rp is not None and lp is not None and (rp is lp or (rp.version is not None and rp.version == lp.version))
+        return {
+            net: None if emb is None else ("embeddings" if shared else f"{net}_embeddings")
+            for net, emb in (("rp", rp), ("lp", lp))
+        }
 
     def manifest(self) -> dict:
-        entries, _ = self._embedding_files()
+        prefixes = self._embedding_prefixes()
+        entries = {
+            net: None if prefix is None else {"version": getattr(self, f"{net}_embeddings").version, "files": prefix}
+            for net, prefix in prefixes.items()
+        }
         uses_embeddings = any(entries.values())
         return {
             "format": EMBEDDINGS_FORMAT if uses_embeddings else ARTIFACT_FORMAT,
@@ -235,7 +233,11 @@ class HybridPolicy:
 
     def to_files(self) -> dict:
         """Files for ``Store.publish("policy", files)``."""
-        _, tables = self._embedding_files()
+        tables = {}
+        for net, prefix in self._embedding_prefixes().items():
+            if prefix is not None:
+                emb = getattr(self, f"{net}_embeddings")
+                tables.update({f"{prefix}_{kind}": t for kind, t in emb.to_tables().items()})
         return {"manifest": self.manifest(), "rp": state_bytes(self.rp), "lp": state_bytes(self.lp), **tables}
 
     @classmethod
