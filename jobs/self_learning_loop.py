@@ -12,9 +12,11 @@ HELD-OUT traffic of the same world (a new traffic seed):
   * defect_rate: the expected defect rate of the users' requests (first attempts and
     follow-ups) with the served rewrites applied, World.defect_probability(utterance or its
     rewrite, intended interpretation); the same traffic without rewrites is reported too;
-  * true_reward: the true value of the served routing policy on the round's requests,
-    mean_i sum_k pi(k|x_i) r_ik, with pi the mixture distribution in the decision log and
-    r the simulator's expected rewards.
+  * true_reward: the true value of the served routing policy, mean_i sum_k pi(k|x_i) r_ik
+    with r the simulator's expected rewards, on ONE fixed evaluation set of requests (the
+    same for every round, so rounds compare policies, not request samples);
+  * served_reward: the same on the round's own requests, with pi the mixture distribution
+    the router logged with each decision.
 After a round the policy is retrained on every decision log so far (each row carries the
 propensity it was logged with), guard-railed, published, and reloaded; the rewrite table
 is re-mined on the round's traffic and merged with the previous version.
@@ -341,6 +343,7 @@ class Loop:
         self.params = asdict(settings)
         self.service: Service | None = None
         self._world = None
+        self._evaluation_set = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -352,6 +355,20 @@ class Loop:
 
             self._world = World.from_dir(self.train_dir)
         return self._world
+
+    def true_reward(self, policy_version: str | None) -> float:
+        """True value of the routing policy ``policy_version`` (None: the simulator's logging
+        policy) on the loop's fixed evaluation set of ``eval_requests`` requests."""
+        from raylib.routing.assess import logging_true_value, true_value
+        from raylib.routing.hybrid import HybridPolicy
+
+        if self._evaluation_set is None:
+            self._evaluation_set = self.world.routing(self.s.eval_requests, seed=self.s.seed + 7000)
+        requests, truth = self._evaluation_set
+        if policy_version is None:
+            return logging_true_value(requests, truth)
+        policy = HybridPolicy.from_artifact(self.store.load("policy", policy_version))
+        return true_value(policy.padded_distribution(requests)[0], truth)
 
     # -- stages before serving --
 
@@ -421,8 +438,9 @@ class Loop:
             pairs = user_requests(traffic)
             rates = defect_rates(self.world, pairs, [None] * pairs.num_rows)
             routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + 5000)
-            value = policy_value(routed["propensities"].to_pylist(), truth["expected_rewards"].to_pylist())
-            return {"round": 0, **rates, "true_reward": value, "policy_version": "sim-logging",
+            served = policy_value(routed["propensities"].to_pylist(), truth["expected_rewards"].to_pylist())
+            return {"round": 0, **rates, "true_reward": self.true_reward(None), "served_reward": served,
+                    "policy_version": "sim-logging",
                     "rewrites_version": None, "served_through": "simulator logging policy"}
 
         return self.stages.run("round-0", self.params, work)
@@ -436,7 +454,8 @@ class Loop:
             pairs = user_requests(traffic)
             rates = defect_rates(self.world, pairs, svc.rewrite(pairs["utterance"].to_pylist()))
             routed = self.route_round(svc, rnd, policy_version)
-            return {"round": rnd, **rates, **routed, "rewrites_version": rewrites_version}
+            return {"round": rnd, **rates, **routed, "true_reward": self.true_reward(policy_version),
+                    "rewrites_version": rewrites_version}
 
         return self.stages.run(f"round-{rnd}", {**self.params, "rewrites": rewrites_version,
                                                 "policy": policy_version}, work)
@@ -475,7 +494,7 @@ class Loop:
         value = policy_value(good["propensities"].to_pylist(), [by_id[i] for i in good["request_id"].to_pylist()])
         version = self.store.publish("decisions", {"routing_log": good, "truth_routing": truth},
                                      metadata={"round": rnd, "policy_version": policy_version})
-        return {"true_reward": value, "policy_version": policy_version or "sim-logging",
+        return {"served_reward": value, "policy_version": policy_version or "sim-logging",
                 "mean_reward": float(pc.mean(good["reward"]).as_py()), "decisions": good.num_rows,
                 "rejected": checked.n_rejected, "decisions_version": version,
                 "served_through": "POST /v1/route" if policy_version else "simulator logging policy"}
@@ -566,6 +585,7 @@ class Loop:
         summary = {
             "settings": self.params,
             "rounds": [{"round": r["round"], "defect_rate": r["defect_rate"], "true_reward": r["true_reward"],
+                        "served_reward": r["served_reward"],
                         "defect_rate_without_rewrites": r["defect_rate_without_rewrites"],
                         "rewritten_share": r["rewritten_share"], "policy_version": r["policy_version"],
                         "rewrites_version": r["rewrites_version"]} for r in rounds],
@@ -727,9 +747,11 @@ def write_plots(out: str, rounds: list[dict]) -> list[str]:
     files.append("defect_rate.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(x, [r["true_reward"] for r in rounds], "o-")
+    ax.plot(x, [r["true_reward"] for r in rounds], "o-", label="fixed evaluation set")
+    ax.plot(x, [r["served_reward"] for r in rounds], "o--", label="the round's own requests")
     ax.set_xlabel("round (0: logging policy)")
     ax.set_ylabel("true reward of the served router")
+    ax.legend()
     ax.set_xticks(x)
     ax.set_title("Routing: true reward per round")
     fig.tight_layout()
@@ -743,16 +765,19 @@ def markdown_report(summary: dict, plots: list[str]) -> str:
     lines = ["# Self-learning loop", "",
              f"Settings: `{json.dumps(summary['settings'], sort_keys=True)}`", "",
              "## Per round (round 0: before self-learning)", "",
-             "| round | defect rate (served) | defect rate (as spoken) | rewritten share | true reward | policy | rewrites |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| round | defect rate (served) | defect rate (as spoken) | rewritten share | true reward "
+             "(fixed evaluation set) | true reward (round's requests) | policy | rewrites |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["rounds"]:
         lines.append(f"| {r['round']} | {r['defect_rate']:.4f} | {r['defect_rate_without_rewrites']:.4f} | "
-                     f"{r['rewritten_share']:.3f} | {r['true_reward']:.4f} | {r['policy_version']} | "
+                     f"{r['rewritten_share']:.3f} | {r['true_reward']:.4f} | {r['served_reward']:.4f} | "
+                     f"{r['policy_version']} | "
                      f"{r['rewrites_version']} |")
     lines += ["", f"Defect rate before: **{summary['defect_rate_before']:.4f}**, after: "
               f"**{summary['defect_rate_after']:.4f}** (reduction {100 * summary['defect_rate_reduction']:.1f}%).",
               f"True reward of the router: **{summary['true_reward_before']:.4f}** (logging policy) -> "
-              f"**{summary['true_reward_after']:.4f}** (last round).", ""]
+              f"**{summary['true_reward_after']:.4f}** (last round), on a fixed evaluation set of "
+              f"{summary['settings']['eval_requests']} requests.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     feats = summary["pdrfe_router_features"]
     lines += ["", "## PDRFE embeddings as router features", ""]

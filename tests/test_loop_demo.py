@@ -63,7 +63,7 @@ def test_demo_resumes_after_a_kill_and_reports(tmp_path):
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for r in rounds:
-        assert 0.0 <= r["defect_rate"] <= 1.0 and 0.0 <= r["true_reward"] <= 1.0
+        assert 0.0 <= r["defect_rate"] <= 1.0 and 0.0 <= r["true_reward"] <= 1.0 and 0.0 <= r["served_reward"] <= 1.0
     assert rounds[0]["policy_version"] == "sim-logging" and rounds[0]["rewritten_share"] == 0.0
     assert summary["defect_rate_before"] == rounds[0]["defect_rate"]
     assert summary["defect_rate_after"] == rounds[-1]["defect_rate"]
