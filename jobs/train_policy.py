@@ -50,9 +50,15 @@ def parse_args(argv, prog):
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
     p.add_argument("--refresh-rounds", type=int, default=0, help="also run N simulated refreshes (needs world.json in DATA)")
     p.add_argument("--refresh-rows", type=int, default=4000, help="requests per simulated refresh round")
+    p.add_argument(
+        "--refresh-rp-every",
+        type=int,
+        default=1,
+        help="retrain the RP on the deployed policy every N refreshes (default 1; 0: keep the first RP)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "num_workers"):
+    for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "refresh_rp_every", "num_workers"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 < args.kappa_target <= 1.0:
@@ -168,7 +174,15 @@ def run_refreshes(args, settings, rails) -> dict:
 
     world = World.from_dir(args.data)
     return refresh_curve(
-        world, args.refresh_rounds, args.refresh_rows, args.refresh_rows, args.seed, settings, rails, None, args.replicates
+        world,
+        args.refresh_rounds,
+        args.refresh_rows,
+        args.refresh_rows,
+        args.seed,
+        settings,
+        rails,
+        args.refresh_rp_every or None,
+        args.replicates,
     )
 
 
