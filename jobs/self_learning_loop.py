@@ -21,10 +21,9 @@ After a round the policy is retrained on every decision log so far (each row car
 propensity it was logged with), guard-railed, published, and reloaded; the rewrite table
 is re-mined on the round's traffic and merged with the previous version.
 
-Finally the PDRFE customer/skill embeddings are measured as optional router features: a
-direct-method reward model on the decision logs with and without them, each turned into
-a greedy router whose true value is computed on fresh requests (the policy network of
-raylib/routing has no input for extra features, so this is what can be measured).
+Finally the PDRFE customer/skill embeddings are measured as optional router features
+(inputs of the policy network, ``train_policy --embeddings``): the last policy training is
+repeated with them and the true values of both are compared on the same test requests.
 
 Every artifact is a store version (OUT/store: rewrites, embeddings, policy, plus the loop's
 feedback/decisions per round and its report). Each stage leaves OUT/stages/<stage>.json
@@ -399,16 +398,17 @@ class Loop:
     def guardrail_args(self) -> list[str]:
         return ["--guardrails", self.s.guardrails] if self.s.guardrails else []
 
-    def train_policy(self, data: str, name: str) -> dict:
+    def train_policy(self, data: str, name: str, store: Store | None = None, extra: tuple[str, ...] = ()) -> dict:
         """train_policy publishes only when the guard-rails pass (exit code 1 otherwise)."""
+        store = store or self.store
         out = self.path("jobs", name)
-        before = self.store.latest("policy")
-        rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", self.store_root,
+        before = store.latest("policy")
+        rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", store.root,
                                            "--epochs", str(self.s.policy_epochs), "--num-workers", "1",
-                                           "--replicates", OPE_REPLICATES, *self.guardrail_args()],
+                                           "--replicates", OPE_REPLICATES, *self.guardrail_args(), *extra],
                      self.path("logs", f"{name}.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
-        after = self.store.latest("policy")
+        after = store.latest("policy")
         published = rc == 0 and summary.get("published_version") is not None and after != before
         return {"version": after, "published": published, "decision": summary.get("decision"),
                 "true_value": summary.get("true_value"), "out": out}
@@ -537,16 +537,31 @@ class Loop:
 
     # -- PDRFE embeddings as router features --
 
-    def pdrfe_router_features(self, embeddings_version: str | None) -> dict:
+    def pdrfe_router_features(self, embeddings_version: str | None, last: dict) -> dict:
+        """Reward the PDRFE customer/skill embeddings add as policy-network inputs: the last
+        policy training (its data, its production policy, its seeds) run again with
+        ``--embeddings``, in a scratch store holding copies of that production policy and
+        the embeddings. Both runs split the data alike, so their true values (simulator
+        truth of the same test requests) differ only by the embeddings."""
         def work():
             if embeddings_version is None:
                 return {"measured": False, "reason": "no embeddings were published"}
-            logs = schema.read_table(self.learning_data(self.s.rounds), "routing_log")
-            fresh, truth = self.world.routing(self.s.eval_requests, seed=self.s.seed + 9000)
-            art = self.store.load("embeddings", embeddings_version)
-            return measure_embedding_features(logs, fresh, truth, art.table("customers"), art.table("skills"))
+            scratch = Store(self.path("features", "store"))
+            copy_artifact(self.store, scratch, "embeddings", embeddings_version)
+            current = read_json(os.path.join(last["out"], "summary.json")).get("current_policy")
+            if current is not None:
+                copy_artifact(self.store, scratch, "policy", current)
+            run = self.train_policy(last["data"], "policy-with-embeddings", scratch, ("--embeddings", "latest"))
+            without, with_emb = last["true_value"], run["true_value"]
+            return {"measured": True, "data": last["data"], "production_policy": current,
+                    "embeddings_version": embeddings_version,
+                    "true_value": {"without_embeddings": without, "with_embeddings": with_emb},
+                    "reward_added": {k: with_emb[k] - without[k] for k in ("rp", "lp", "hp")},
+                    "method": "the last policy training repeated with --embeddings (same data, production "
+                              "policy, seeds and test split)"}
 
-        return self.stages.run("pdrfe-router-features", {**self.params, "embeddings": embeddings_version}, work)
+        return self.stages.run("pdrfe-router-features", {**self.params, "embeddings": embeddings_version,
+                                                         "policy_job": last["out"]}, work)
 
     # -- everything --
 
@@ -556,6 +571,7 @@ class Loop:
         rewrites = self.stages.run("mine-rewrites", self.params, lambda: self.mine(self.train_dir, "mine-0"))
         pdrfe = self.stages.run("train-pdrfe", self.params, self.train_pdrfe)
         policy = self.stages.run("train-policy", self.params, lambda: self.train_policy(self.train_dir, "policy-0"))
+        last_training = {**policy, "data": self.train_dir}
         ope = (self.stages.run("evaluate-policy", {**self.params, "policy": policy["version"]},
                                lambda: self.evaluate_policy(policy["version"]))
                if policy["version"] else {"ope": None, "decision": None})
@@ -575,9 +591,10 @@ class Loop:
             remined = self.stages.run(f"round-{rnd}-remine-rewrites", params,
                                       lambda: self.mine(self.traffic(rnd), f"mine-{rnd}"))
             refreshes.append({"round": rnd, "policy": refreshed, "rewrites": remined})
+            last_training = {**refreshed, "data": self.path("data", f"learn-{rnd}")}
             policy_version = refreshed["version"] if refreshed["published"] else policy_version
             rewrites_version = remined["version"] or rewrites_version
-        features = self.pdrfe_router_features(pdrfe["version"])
+        features = self.pdrfe_router_features(pdrfe["version"], last_training)
         return self.finish(sim, rewrites, pdrfe, policy, ope, rounds, refreshes, features)
 
     def finish(self, sim, rewrites, pdrfe, policy, ope, rounds, refreshes, features) -> dict:
@@ -619,108 +636,11 @@ class Loop:
             self.service = None
 
 
-# ---- PDRFE embeddings as router features --------------------------------------------------------
-
-
-def candidate_frame(table: pa.Table) -> dict[str, np.ndarray]:
-    """One row per (request, candidate): request index, candidate index, its rank by NLU
-    confidence, confidence, skill id, device type and customer id."""
-    cands = pa.concat_arrays(table["candidates"].chunks) if table.num_rows else None
-    lengths = pc.list_value_length(cands).to_numpy()
-    flat = pc.list_flatten(cands)
-    req = np.repeat(np.arange(table.num_rows), lengths)
-    conf = pc.struct_field(flat, "nlu_confidence").to_numpy().astype(np.float64)
-    pos = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, int)
-    ctx = pa.concat_arrays(table["context"].chunks)
-    return {
-        "request": req, "position": pos, "confidence": conf,
-        "rank": np.concatenate([np.argsort(np.argsort(-conf[req == i])) for i in range(table.num_rows)]),
-        "skill": np.asarray(pc.struct_field(flat, "skill_id").to_pylist(), dtype=object),
-        "device": np.asarray(pc.struct_field(ctx, "device_type").to_pylist(), dtype=object)[req],
-        "customer": np.asarray(table["customer_id"].to_pylist(), dtype=object)[req],
-        "lengths": lengths,
-    }
-
-
-def embedding_lookup(table: pa.Table, key: str, ids: np.ndarray) -> np.ndarray:
-    """Rows of an embeddings table for ``ids`` (zeros for ids it does not hold)."""
-    emb = np.asarray(table["embedding"].to_pylist(), dtype=np.float64)
-    index = {k: i for i, k in enumerate(table[key].to_pylist())}
-    rows = np.array([index.get(k, -1) for k in ids])
-    out = np.zeros((len(ids), emb.shape[1]))
-    out[rows >= 0] = emb[rows[rows >= 0]]
-    return out
-
-
-def design(frame: dict, skills: list[str], devices: list[str], cust_emb=None, skill_emb=None) -> np.ndarray:
-    """Reward-model features of each candidate: confidence, rank, skill and device x skill
-    indicators (what the router sees); with embeddings also c ⊙ s and <c, s>."""
-    n = len(frame["confidence"])
-    s_index = {k: i for i, k in enumerate(skills)}
-    d_index = {k: i for i, k in enumerate(devices)}
-    s = np.array([s_index.get(k, -1) for k in frame["skill"]])
-    d = np.array([d_index.get(k, -1) for k in frame["device"]])
-    rank = np.minimum(frame["rank"], 3)
-    cols = [frame["confidence"][:, None], np.eye(4)[rank]]
-    onehot = np.zeros((n, len(skills)))
-    onehot[s >= 0, s[s >= 0]] = 1.0
-    cross = np.zeros((n, len(devices) * 8))  # device x (skill hashed to 8 buckets)
-    ok = d >= 0
-    cross[ok, d[ok] * 8 + (np.maximum(s[ok], 0) % 8)] = 1.0
-    cols += [onehot, cross]
-    if cust_emb is not None:
-        prod = cust_emb * skill_emb
-        cols += [prod, prod.sum(1, keepdims=True)]
-    return np.hstack(cols)
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 200) -> np.ndarray:
-    """L2-regularised logistic regression by L-BFGS (torch); returns weights with bias last."""
-    import torch
-
-    xt = torch.as_tensor(np.hstack([x, np.ones((len(x), 1))]), dtype=torch.float64)
-    yt = torch.as_tensor(y, dtype=torch.float64)
-    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w, yt) + l2 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
-
-
-def measure_embedding_features(logs: pa.Table, fresh: pa.Table, truth: pa.Table,
-                               customers: pa.Table, skills: pa.Table) -> dict:
-    """True value of a greedy direct-method router whose reward model is fitted on the
-    decision logs, without and with the PDRFE customer/skill embeddings as features."""
-    train = candidate_frame(logs)
-    chosen = train["position"] == np.repeat(logs["action"].to_numpy(), train["lengths"])
-    y = np.repeat(logs["reward"].to_numpy(), train["lengths"])[chosen]
-    test = candidate_frame(fresh)
-    expected = np.concatenate([np.asarray(r) for r in truth["expected_rewards"].to_pylist()])
-    offsets = np.concatenate([[0], np.cumsum(test["lengths"])])
-    skill_vocab = sorted(set(train["skill"]))
-    device_vocab = sorted(set(train["device"]))
-    values = {}
-    for name, with_emb in (("without_embeddings", False), ("with_embeddings", True)):
-        feats = {}
-        for key, frame in (("train", train), ("test", test)):
-            emb = (embedding_lookup(customers, "customer_id", frame["customer"]),
-                   embedding_lookup(skills, "skill_id", frame["skill"])) if with_emb else (None, None)
-            feats[key] = design(frame, skill_vocab, device_vocab, *emb)
-        w = fit_logistic(feats["train"][chosen], y)
-        score = feats["test"] @ w[:-1]
-        greedy = [lo + int(np.argmax(score[lo:hi])) for lo, hi in zip(offsets[:-1], offsets[1:])]
-        values[name] = float(expected[greedy].mean())
-    best = float(np.mean([expected[lo:hi].max() for lo, hi in zip(offsets[:-1], offsets[1:])]))
-    return {"measured": True, "true_value": values, "oracle_value": best,
-            "reward_added": values["with_embeddings"] - values["without_embeddings"],
-            "train_decisions": logs.num_rows, "eval_requests": fresh.num_rows,
-            "method": "greedy direct-method router, logistic reward model fitted on the decision logs"}
+def copy_artifact(source: Store, target: Store, name: str, version: str) -> str:
+    """Publish ``source``'s artifact ``name``/``version`` (files and metadata) in ``target``."""
+    art = source.load(name, version)
+    read = {"table": art.table, "json": art.json, "bytes": art.bytes}
+    return target.publish(name, {key: read[spec["kind"]](key) for key, spec in art.files.items()}, art.metadata)
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -783,14 +703,16 @@ def markdown_report(summary: dict, plots: list[str]) -> str:
     lines += ["", "## PDRFE embeddings as router features", ""]
     if feats.get("measured"):
         tv = feats["true_value"]
-        lines += [f"Method: {feats['method']} ({feats['train_decisions']} logged decisions; true value on "
-                  f"{feats['eval_requests']} fresh requests). The policy network of raylib/routing takes no "
-                  "extra features, so the embeddings are measured on this reward model.", "",
-                  "| reward model | true value |", "| --- | --- |",
-                  f"| without embeddings | {tv['without_embeddings']:.4f} |",
-                  f"| with PDRFE customer/skill embeddings | {tv['with_embeddings']:.4f} |",
-                  f"| oracle (best candidate) | {feats['oracle_value']:.4f} |", "",
-                  f"Reward added by the embeddings: **{feats['reward_added']:+.4f}**."]
+        lines += [f"Method: {feats['method']}; data `{feats['data']}`, production policy "
+                  f"{feats['production_policy'] or 'the logging policy'}, embeddings {feats['embeddings_version']}. "
+                  "True values on the trainings' test requests.", "",
+                  "| policy inputs | RP | LP | HP |", "| --- | --- | --- | --- |"]
+        for label, key in (("without embeddings", "without_embeddings"),
+                           ("with PDRFE customer/skill embeddings", "with_embeddings")):
+            lines.append(f"| {label} | " + " | ".join(f"{tv[key][m]:.4f}" for m in ("rp", "lp", "hp")) + " |")
+        added = feats["reward_added"]
+        lines += ["", "Reward added by the embeddings: " + ", ".join(f"{m.upper()} {added[m]:+.4f}" for m in ("rp", "lp", "hp"))
+                  + "."]
     else:
         lines.append(f"Not measured: {feats.get('reason')}.")
     lines += ["", "## Refreshes", "", "| after round | policy decision | policy published | rewrites version |",
