@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     from serve_apps.run import deploy, ingress_env, packaged_config, serve_config
 
     os.environ.update(ingress_env(args.ingress))
+    if args.ingress == "haproxy":  # HAProxy's stats and Prometheus listeners: free ports, not 8404 / 9101
+        os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     import pyarrow.parquet as pq
     import ray
     from ray import serve
