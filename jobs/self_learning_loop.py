@@ -398,13 +398,15 @@ class Loop:
     def guardrail_args(self) -> list[str]:
         return ["--guardrails", self.s.guardrails] if self.s.guardrails else []
 
-    def train_policy(self, data: str, name: str, store: Store | None = None, extra: tuple[str, ...] = ()) -> dict:
-        """train_policy publishes only when the guard-rails pass (exit code 1 otherwise)."""
+    def train_policy(self, data: str, name: str, store: Store | None = None, extra: tuple[str, ...] = (),
+                     workers: int = 1) -> dict:
+        """train_policy publishes only when the guard-rails pass (exit code 1 otherwise);
+        ``workers`` Ray Train workers per network (0: in-process, the same loop and seeds)."""
         store = store or self.store
         out = self.path("jobs", name)
         before = store.latest("policy")
         rc = run_job("jobs.train_policy", ["--data", data, "--out", out, "--store", store.root,
-                                           "--epochs", str(self.s.policy_epochs), "--num-workers", "1",
+                                           "--epochs", str(self.s.policy_epochs), "--num-workers", str(workers),
                                            "--replicates", OPE_REPLICATES, *self.guardrail_args(), *extra],
                      self.path("logs", f"{name}.log"), ok_codes=(0, 1))
         summary = read_json(os.path.join(out, "summary.json"))
@@ -551,7 +553,7 @@ class Loop:
             current = read_json(os.path.join(last["out"], "summary.json")).get("current_policy")
             if current is not None:
                 copy_artifact(self.store, scratch, "policy", current)
-            run = self.train_policy(last["data"], "policy-with-embeddings", scratch, ("--embeddings", "latest"))
+            run = self.train_policy(last["data"], "policy-with-embeddings", scratch, ("--embeddings", "latest"), workers=0)
             without, with_emb = last["true_value"], run["true_value"]
             return {"measured": True, "data": last["data"], "production_policy": current,
                     "embeddings_version": embeddings_version,
