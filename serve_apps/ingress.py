@@ -222,11 +222,13 @@ class Ingress:
         """The rewrite table this replica serves and what ``HybridRouter`` serves now."""
         return self.rewrites.describe(), await self.router.describe.remote()
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
     async def route(self, requests: list[dict]) -> list[dict | None]:
         """Decisions for the HTTP requests waiting in this replica, fetched with ONE
         ``HybridRouter`` call: the handle hop is paid once per batch. Nothing waits for a
-        batch to fill; the router's ``@serve.batch`` still decides the dynamic batches."""
+        batch to fill, and up to 4 batches are in flight (one at a time made every request
+        wait for the previous round trip: 94 vs 214 rps at 4 clients); the router's
+        ``@serve.batch`` still decides the dynamic batches."""
         return await self.router.route_many.remote(requests)
 
     def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
