@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -39,12 +38,6 @@ import numpy as np
 import pyarrow as pa
 
 from serve_apps.models import RewriteRequest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the client ---------------------------------------------------------------------------
@@ -212,11 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy")
     args = parser.parse_args(argv)
 
-    from serve_apps.run import deploy, ingress_env, packaged_config, serve_config
+    from serve_apps.run import deploy, free_port, ingress_env, packaged_config, serve_config
 
-    os.environ.update(ingress_env(args.ingress))
-    if args.ingress == "haproxy":  # HAProxy's stats and Prometheus listeners: free ports, not 8404 / 9101
-        os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    os.environ.update(ingress_env(args.ingress))  # HAProxy's stats/metrics listeners on free ports
     import pyarrow.parquet as pq
     import ray
     from ray import serve

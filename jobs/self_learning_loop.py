@@ -38,7 +38,6 @@ import concurrent.futures as cf
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -200,12 +199,6 @@ def read_json(path: str) -> dict:
 # ---- serving ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
     """The Serve application of serve_apps, deployed from its packaged config and reached
     over HTTP only."""
@@ -213,7 +206,7 @@ class Service:
     def __init__(self, store_root: str, decision_log_dir: str):
         import httpx
 
-        from serve_apps.run import deploy, packaged_config, serve_config
+        from serve_apps.run import deploy, free_port, packaged_config, serve_config
 
         self.token = secrets.token_urlsafe(24)
         config = serve_config(packaged_config(), {

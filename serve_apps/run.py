@@ -20,6 +20,7 @@ import argparse
 import copy
 import os
 import signal
+import socket
 import sys
 import threading
 from importlib import resources
@@ -51,9 +52,26 @@ def packaged_config() -> dict:
     return yaml.safe_load(resources.files("serve_apps").joinpath("serve_config.yaml").read_text())
 
 
+HAPROXY_LISTENER_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ingress_env(ingress: str) -> dict[str, str]:
-    """Environment a local Ray runtime needs for the chosen ingress ("haproxy" | "proxy")."""
-    return {**HAPROXY_ENV, **LOCAL_ENV} if ingress == "haproxy" else {}
+    """Environment a local Ray runtime needs for the chosen ingress ("haproxy" | "proxy").
+
+    HAProxy's stats and Prometheus listeners get free ports unless the environment names
+    them: Ray's fixed defaults (8404, 9101) make a second local Serve on the same machine
+    (a test, a benchmark, the demo) fail at start-up."""
+    if ingress != "haproxy":
+        return {}
+    ports = {name: os.environ.get(name) or str(free_port()) for name in HAPROXY_LISTENER_PORTS}
+    return {**HAPROXY_ENV, **LOCAL_ENV, **ports}
 
 
 def serve_config(base: dict, args: dict, host: str | None = None, port: int | None = None) -> dict:

@@ -5,7 +5,6 @@ concurrent traffic, the decision log feeding a policy refresh, and an OpenAPI fu
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -26,19 +25,13 @@ from raylib.routing.toy import ToyBandit
 from raylib.schema import FEEDBACK, read_table, validate, write_table
 from raylib.store import Store
 from serve_apps.models import MAX_BATCH
-from serve_apps.run import deploy, ingress_env, packaged_config, serve_config
+from serve_apps.run import deploy, free_port, ingress_env, packaged_config, serve_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 TOKEN = "test-admin-token"
 REWRITES_V1 = {"play maj and dragons": "play imagine dragons", "turn of the lights": "turn off the lights"}
 REWRITES_V2 = {"play maj and dragons": "play imagine dragons live"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rewrite_table(mapping: dict[str, str]) -> pa.Table:
@@ -65,8 +58,7 @@ def served(tmp_path_factory):
     store = Store(str(root / "store"))
     store.publish("rewrites", {"table": _rewrite_table(REWRITES_V1)}, metadata={"test": True})
     store.publish("policy", _policy(seed=1).to_files())
-    env = {**ingress_env("haproxy"), "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+    env = ingress_env("haproxy")  # HAProxy's stats/metrics listeners on free ports
     args = {"store_root": str(root / "store"), "decision_log_dir": str(root / "log"), "admin_token": TOKEN,
             "flag_poll_s": 0.2, "decision_log_max_age_s": 3600, "max_body_bytes": 20_000}
     with pytest.MonkeyPatch.context() as mp:
@@ -74,7 +66,7 @@ def served(tmp_path_factory):
             mp.setenv(key, value)
         ray.init(num_cpus=2, include_dashboard=False)
         try:
-            url = deploy(serve_config(packaged_config(), args, host="127.0.0.1", port=_free_port()))
+            url = deploy(serve_config(packaged_config(), args, host="127.0.0.1", port=free_port()))
             yield {"url": url, "store": store, "log_dir": str(root / "log")}
         finally:
             serve.shutdown()
