@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from scipy.optimize import minimize
 
 from jobs import self_learning_loop as loop
 from raylib import schema
 from raylib.sim import World, simulate
+from raylib.store import Store
 from serve_apps.models import RouteRequest
 
 TINY = {"population": {"n_customers": 150}, "routing": {"n_requests": 200}}
@@ -94,48 +94,18 @@ def test_route_bodies_are_valid_api_requests(tiny_world):
         assert [c.skill_id for c in parsed.candidates] == [c["skill_id"] for c in cands]
 
 
-def test_candidate_frame_ranks_by_confidence():
-    cand = lambda conf, skill: {"domain": "d", "intent": "i", "skill_id": skill, "nlu_confidence": conf}  # noqa: E731
-    ctx = {"device_type": "speaker", "device_status": "idle", "asr_confidence": 0.9, "hour": 3}
-    table = pa.table({"customer_id": ["c1", "c2"], "context": [ctx, ctx],
-                      "candidates": [[cand(0.2, "a"), cand(0.7, "b"), cand(0.5, "c")], [cand(0.9, "a")]]},
-                     schema=pa.schema([schema.ROUTING_LOG.field(n) for n in ("customer_id", "context", "candidates")]))
-    frame = loop.candidate_frame(table)
-    assert frame["request"].tolist() == [0, 0, 0, 1]
-    assert frame["position"].tolist() == [0, 1, 2, 0]
-    assert frame["rank"].tolist() == [2, 0, 1, 0]
-    assert frame["customer"].tolist() == ["c1", "c1", "c1", "c2"]
-
-
-def test_fit_logistic_matches_scipy():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, 4))
-    y = (rng.random(300) < 1 / (1 + np.exp(-(x @ [1.0, -2.0, 0.5, 0.0] + 0.3)))).astype(float)
-    w = loop.fit_logistic(x, y, l2=1e-2)
-
-    def objective(v):
-        z = np.hstack([x, np.ones((300, 1))]) @ v
-        return np.mean(np.logaddexp(0, z) - y * z) + 1e-2 * np.sum(v[:-1] ** 2)
-
-    ref = minimize(objective, np.zeros(5), method="BFGS", options={"gtol": 1e-10}).x
-    np.testing.assert_allclose(w, ref, atol=1e-4)
-
-
-def test_random_embeddings_add_no_value(tiny_world):
-    """Embeddings that carry no information change the greedy router's true value by
-    sampling noise only, and no reward model beats the oracle."""
-    _, world = tiny_world
-    logs, _ = world.routing(1500, seed=2)
-    fresh, truth = world.routing(600, seed=3)
-    frame = loop.candidate_frame(logs)
-    skills = sorted(set(frame["skill"]) | set(loop.candidate_frame(fresh)["skill"]))
-    customers = sorted(set(logs["customer_id"].to_pylist()) | set(fresh["customer_id"].to_pylist()))
-    rng = np.random.default_rng(0)
-    vec = lambda n: pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * 8)), 8)  # noqa: E731
-    noise = loop.measure_embedding_features(logs, fresh, truth, pa.table({"customer_id": customers, "embedding": vec(len(customers))}),
-                                            pa.table({"skill_id": skills, "embedding": vec(len(skills))}))
-    assert noise["measured"] and noise["oracle_value"] >= max(noise["true_value"].values())
-    assert abs(noise["reward_added"]) < 0.05  # random embeddings add (almost) nothing
+def test_copy_artifact_keeps_every_file_kind_and_the_metadata(tmp_path):
+    source, target = Store(str(tmp_path / "a")), Store(str(tmp_path / "b"))
+    table = pa.table({"customer_id": ["c1", "c2"], "embedding": [[0.5, 1.0], [2.0, -1.0]]})
+    source.publish("embeddings", {"old": {"x": 0}})
+    version = source.publish("embeddings", {"customers": table, "manifest": {"dim": 2}, "raw": b"\x00\x01"},
+                             metadata={"model": "PDRFE"})
+    assert version == "v000002"
+    copied = target.load("embeddings", loop.copy_artifact(source, target, "embeddings", version))
+    assert copied.version == "v000001" and copied.metadata["model"] == "PDRFE"
+    assert copied.table("customers").equals(table)
+    assert copied.json("manifest") == {"dim": 2} and copied.bytes("raw") == b"\x00\x01"
+    assert source.versions("embeddings") == ["v000001", "v000002"]  # the source is untouched
 
 
 @pytest.mark.parametrize("argv, message", [
