@@ -36,7 +36,7 @@ from raylib.graph.encoders import encode_cached, make_encoder
 from raylib.graph.models import SPECS
 from raylib.graph.report import ablation_effects, markdown_report, plot_ablation
 from raylib.graph.train import TrainConfig, fit
-from raylib.schema import read_table, rejected_counts, validate, write_rejected
+from raylib.schema import read_table, rejected_counts, validate, vector_column, write_rejected
 
 ONE_HOT = "Raw one-hot"
 ALL_MODELS = ["PinSage", "Revised PinSage", ONE_HOT, *[m for m in SPECS if m not in ("PinSage", "Revised PinSage")]]
@@ -136,16 +136,13 @@ def publish_embeddings(store_root: str, graph, data: GraphData, trained, model_n
             for lo in range(0, len(pairs), 65536)
         ]).numpy()
 
-    def vectors(x: np.ndarray) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])
-
     files = {
-        "customers": pa.table({"customer_id": pa.array(graph.customer_ids, pa.string()), "embedding": vectors(hc.numpy())}),
-        "skills": pa.table({"skill_id": pa.array(graph.skill_ids, pa.string()), "embedding": vectors(hs.numpy())}),
+        "customers": pa.table({"customer_id": pa.array(graph.customer_ids, pa.string()), "embedding": vector_column(hc.numpy())}),
+        "skills": pa.table({"skill_id": pa.array(graph.skill_ids, pa.string()), "embedding": vector_column(hs.numpy())}),
         "personalized": pa.table({
             "customer_id": pa.array(graph.customer_ids[pairs[:, 0]], pa.string()),
             "utterance": pa.array(np.asarray(graph.utterances, dtype=object)[pairs[:, 1]], pa.string()),
-            "embedding": vectors(hp),
+            "embedding": vector_column(hp),
         }),
     }
     personalizer = getattr(model, "personalizer", None)

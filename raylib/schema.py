@@ -482,6 +482,12 @@ def write_table(table: pa.Table, root: str, name: str, part: int = 0) -> str:
     return file
 
 
+def vector_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """The rows of an (N, D) matrix as a float32 fixed-size-list column (the ``embedding``
+    column of the PDRFE embeddings artifact's tables)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(matrix, np.float32).ravel()), matrix.shape[1])
+
+
 def write_rejected(rejected: pa.Table, root: str, part: int = 0) -> str | None:
     """Quarantine rejected rows under ``root/rejected``; nothing is written for none."""
     if rejected.num_rows == 0:

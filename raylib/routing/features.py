@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raylib.schema import vector_column
+
 PAD, OOV = 0, 1
 CANDIDATE_FIELDS = ("domain", "intent", "skill_id")
 CONTEXT_FIELDS = ("device_type", "device_status", "hour")
@@ -143,12 +145,11 @@ class EmbeddingTables:
         return cls.from_tables(art.table("customers"), art.table("skills"), art.version)
 
     def to_tables(self) -> dict[str, pa.Table]:
-        def vectors(x: np.ndarray) -> pa.Array:
-            return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])
-
         return {
-            "customers": pa.table({"customer_id": pa.array(self.customer_ids, pa.string()), "embedding": vectors(self.customers)}),
-            "skills": pa.table({"skill_id": pa.array(self.skill_ids, pa.string()), "embedding": vectors(self.skills)}),
+            "customers": pa.table(
+                {"customer_id": pa.array(self.customer_ids, pa.string()), "embedding": vector_column(self.customers)}
+            ),
+            "skills": pa.table({"skill_id": pa.array(self.skill_ids, pa.string()), "embedding": vector_column(self.skills)}),
         }
 
     @staticmethod
