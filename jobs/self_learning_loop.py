@@ -105,7 +105,7 @@ def parse_args(argv, prog):
     p.add_argument("--pdrfe-epochs", type=int, default=2, help="PDRFE link-prediction epochs (default 2)")
     p.add_argument("--policy-epochs", type=int, default=6, help="RP/LP training epochs (default 6)")
     p.add_argument("--eval-requests", type=int, default=3000,
-                   help="fresh requests for the PDRFE router-feature measurement (default 3000)")
+                   help="requests of the fixed evaluation set each round's true reward is measured on (default 3000)")
     p.add_argument("--min-customers", type=int, default=5,
                    help="distinct customers behind a served rewrite (default 5)")
     p.add_argument("--min-support", type=int, default=5,
@@ -251,7 +251,6 @@ class Service:
 
         with cf.ThreadPoolExecutor(ROUTE_CONCURRENCY) as pool:
             return list(pool.map(one, requests))
-
 
 
 def route_bodies(table: pa.Table) -> list[dict]:

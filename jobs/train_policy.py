@@ -128,7 +128,7 @@ def main(argv=None, prog=None) -> int:
         raise UserError(f"only {data.log.num_rows} learnable routing rows in {args.data}; need at least 30")
     store = Store(args.store or os.path.join(args.out, "store"))
     current_version = store.latest("policy")
-    current = HybridPolicy.from_artifact(store.load("policy")) if current_version else None
+    current = HybridPolicy.from_artifact(store.load("policy", current_version)) if current_version else None
     if args.lp_only and current is None:
         raise UserError("--lp-only needs an already published policy in the store")
     fixed = current if args.lp_only else None

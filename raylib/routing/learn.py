@@ -152,7 +152,9 @@ def learn_hybrid(
 
     if fixed_rp is not None:
         rp, rp_embeddings = fixed_rp.rp, fixed_rp.rp_embeddings
+        rp_target = "kept (fixed_rp)"
     else:
+        rp_target = "logged policy" if current is None else "current policy"
         config = s.network_config(vocab, s.rp)
         target = production_distribution(train, feats.mask.shape[1], current)
         result = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
@@ -186,7 +188,7 @@ def learn_hybrid(
             "train_rows": train.num_rows,
             "validation_rows": validation.num_rows,
             "rp_refreshed": fixed_rp is None,
-            "rp_target": "logged policy" if current is None else "current policy",
+            "rp_target": rp_target,
             **embeddings_info(rp_embeddings, s.embeddings, s.embedding_product),
         },
         rp_embeddings=rp_embeddings,
