@@ -5,6 +5,7 @@ concurrent traffic, the decision log feeding a policy refresh, and an OpenAPI fu
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -85,6 +86,28 @@ def test_rewrite_single_and_batch_use_mining_normalization(served):
                                "rewrite": "play imagine dragons", "score": 0.9}]
     batch = requests.post(f"{url}/v1/rewrite", json={"utterances": ["turn of the LIGHTS", "hello", "play maj and dragons"]}).json()
     assert [r["rewrite"] for r in batch["results"]] == ["turn off the lights", None, "play imagine dragons"]
+
+
+def _environ_of(process_title: str) -> dict[bytes, bytes]:
+    """The environment of the one process whose command line starts with ``process_title``."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(process_title.encode()):
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+    raise LookupError(process_title)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the replica's environment from /proc")
+def test_ingress_replica_starts_its_http_server_with_the_middleware(served):
+    environ = _environ_of("ray::ServeReplica:selflearn:Ingress")
+    assert environ[b"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == b"serve_apps.http_middleware:middlewares"
+    response = requests.post(f"{served['url']}/v1/rewrite", json={"utterance": "play songs by adele"}, timeout=30)
+    assert response.status_code == 200
 
 
 def test_route_returns_a_candidate_with_its_mixture_propensity(served):

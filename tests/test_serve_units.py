@@ -1,5 +1,6 @@
 """Serving parts without Serve: rewrite index, version choice, config rewrite for swaps,
-decision-log rows and the rotating writer, request models, settings and the CLI."""
+decision-log rows and the rotating writer, request models, settings, the replicas' HTTP
+middleware and the CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from raylib.schema import read_table, validate
 from raylib.store import Store
 from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
 from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
+from serve_apps.http_middleware import DISCONNECT_DISABLED, SkipDisconnectWatch, middlewares
 from serve_apps.models import MAX_BATCH, ReloadRequest, RewriteRequest, RouteRequest
 from serve_apps.rewrite_index import MemoryRewriteIndex, best_rewrites
 from serve_apps.rewrite_lookup import RewriteLookup
@@ -174,6 +176,29 @@ def test_serve_config_merges_args_and_checks_settings(tmp_path):
     assert config["http_options"] == {"host": "127.0.0.1", "port": 9999}
     with pytest.raises(Exception, match="bad serving settings"):
         serve_config(packaged_config(), {"no_such_setting": 1})
+
+
+@pytest.mark.parametrize("path, marked", [("/v1/rewrite", True), ("/prefix/v1/rewrite", True), ("/v1/route", False),
+                                          ("/v1/rewrite/x", False), ("/healthz", False)])
+def test_only_rewrite_requests_skip_the_disconnect_watch(path, marked):
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    scope = {"type": "http", "path": path, "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(SkipDisconnectWatch(app)(scope, None, None))
+    assert (DISCONNECT_DISABLED in seen[0]["headers"]) is marked
+    assert (b"content-type", b"application/json") in seen[0]["headers"]
+    asyncio.run(SkipDisconnectWatch(app)({"type": "lifespan"}, None, None))
+    assert seen[1] == {"type": "lifespan"}
+
+
+def test_packaged_config_installs_the_middleware_in_the_app_runtime_env():
+    [app] = packaged_config()["applications"]
+    module, _, function = app["runtime_env"]["env_vars"]["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
+    assert f"{module}:{function}" == "serve_apps.http_middleware:middlewares"
+    assert [m.cls for m in middlewares()] == [SkipDisconnectWatch]
 
 
 def test_cli_bad_arguments_are_one_line_errors(capsys):
