@@ -10,9 +10,9 @@ Installed by ``serve_config.yaml``: the application's ``runtime_env`` sets
 ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_apps.http_middleware:middlewares``, which
 Serve reads in each ingress replica when it starts the replica's HTTP server (HAProxy +
 direct ingress; Serve's default Python proxy does not call it). Measured in one cluster
-with and without it, 30 interleaved 1 s slices on 2 cores: the ingress replica's CPU per
-single-utterance request 371 -> 332 us (10th percentile; 336 -> 325 minimum), rps / peer
-0.37 -> 0.41 through HAProxy (benchmarks/bench_serve.py has the method).
+serving the app twice, with and without it, 30 interleaved 1 s rounds on 2 cores: the
+ingress replica's CPU per single-utterance request 371 -> 332 us (10th percentile; 336 ->
+325 minimum), rps / plain-uvicorn peer 0.37 -> 0.41 through HAProxy.
 """
 
 from __future__ import annotations
