@@ -144,35 +144,39 @@ def niceness(pid: int) -> int:
     return int(_stat(pid)[16])
 
 
-def processes(title: str, parent: int | None = None) -> list[int]:
-    """PIDs whose command line starts with ``title`` (Ray titles a worker ``ray::<actor>``),
+def processes(text: str, parent: int | None = None) -> list[int]:
+    """PIDs whose command line contains ``text`` (Ray titles a worker ``ray::<actor>``),
     optionally only the children of ``parent``."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 command = f.read().replace(b"\0", b" ").decode(errors="replace")
-            if command.startswith(title) and (parent is None or int(_stat(int(pid))[1]) == parent):
+            if text in command and (parent is None or int(_stat(int(pid))[1]) == parent):
                 found.append(int(pid))
         except OSError:
             continue
     return found
 
 
-def serve_processes() -> dict[str, list[int]]:
-    """The ingress replica's process and HAProxy's (the children of the HAProxy manager)."""
-    [manager] = processes("ray::HAProxyManager")
-    haproxy = [p for p in processes("", parent=manager) if "haproxy" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
-    return {"replica": processes("ray::ServeReplica:selflearn:Ingress"), "haproxy": haproxy}
+def serve_processes(haproxy: bool) -> dict[str, list[int]]:
+    """The ingress replica's process and the front's: HAProxy (the children of the HAProxy
+    manager) or Serve's Python proxy."""
+    if haproxy:
+        [manager] = processes("ray::HAProxyManager")
+        front = processes("haproxy", parent=manager)
+    else:
+        front = processes("ray::ProxyActor")
+    return {"replica": processes("ray::ServeReplica:selflearn:Ingress"), "front": front}
 
 
 def interleaved(targets: dict[str, tuple[str, list[dict], list[int]]], rounds: int, seconds: float,
-                concurrency: int, label=None) -> dict[str, list[dict]]:
+                concurrency: int, labels: dict[str, str]) -> dict[str, list[dict]]:
     """``rounds`` rounds of one ``seconds`` load per target (name -> url, bodies, server
-    pids), in a shuffled order per round; each summary also carries ``cpu_us``, the server's
-    CPU microseconds per answered request."""
+    pids), in a shuffled order per round, each reported under ``labels[name]``; each summary
+    also carries ``cpu_us``, the server's CPU microseconds per answered request."""
     for url, bodies, _ in targets.values():
-        load(url, bodies, 0.5, concurrency)  # warm up every path once
+        asyncio.run(_load(url, bodies, 2.0, concurrency))  # warm up every path once
     results: dict[str, list[dict]] = {name: [] for name in targets}
     for k in range(rounds):
         order = list(targets)
@@ -181,10 +185,9 @@ def interleaved(targets: dict[str, tuple[str, list[dict], list[int]]], rounds: i
             url, bodies, pids = targets[name]
             before = cpu_seconds(pids)
             r = load(url, bodies, seconds, concurrency, warmup=0.1)
-            r["cpu_us"] = (cpu_seconds(pids) - before) / max(r["requests"], 1) * 1e6
+            r["cpu_us"] = (cpu_seconds(pids) - before) / r["requests"] * 1e6
             results[name].append(r)
-            if label:
-                report(f"[{k + 1}] {label[name]}", r)
+            report(f"[{k + 1}] {labels[name]}", r)
     return results
 
 
@@ -274,7 +277,7 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15,
-                        help="interleaved rounds of the rewrite measurements; ratios are per-round medians")
+                        help="interleaved rounds of the rewrite measurements; each side is summarised by its least contended rounds")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per rewrite measurement")
     parser.add_argument("--router-rounds", type=int, default=2)
     parser.add_argument("--router-duration", type=float, default=8.0, help="seconds per router measurement")
@@ -319,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     url = deploy(serve_config(packaged_config(), settings, host="127.0.0.1", port=port))
     haproxy = args.ingress == "haproxy"
     direct = direct_ingress_urls()[0] if haproxy else None
-    serving = serve_processes() if haproxy else {"replica": processes("ray::ServeReplica:selflearn:Ingress"),
-                                                 "haproxy": processes("ray::ProxyActor")}
+    serving = serve_processes(haproxy)
     worker_nice = niceness(serving["replica"][0]) - os.nice(0)
     print(f"Serve ({args.ingress} ingress) at {url} (the endpoint users call); ingress replica's own port {direct}; "
           f"{table.num_rows} rewrites; {args.concurrency} connections; {args.rounds} rounds of {args.duration:.0f} s "
@@ -332,19 +334,19 @@ def main(argv: list[str] | None = None) -> int:
         peers.append(multiprocessing.get_context("spawn").Process(
             target=run_peer, args=(peer_ports[name], f"{work}/table.parquet", nice)))
         peers[-1].start()
-    ingress_pids = serving["replica"] + serving["haproxy"]
+    ingress_pids = serving["replica"] + serving["front"]
     targets = {name: (f"http://127.0.0.1:{peer_ports[name]}/v1/rewrite", singles, [p.pid]) for name, p in zip(peer_ports, peers)}
     targets["single"] = (f"{url}/v1/rewrite", singles, ingress_pids)
     if direct:
         targets["direct"] = (f"{direct}/v1/rewrite", singles, serving["replica"])
     targets["batch"] = (f"{url}/v1/rewrite", batches, ingress_pids)
-    label = {"peer": "peer FastAPI+uvicorn, 1 utterance", "peer_niced": f"  same, at niceness +{worker_nice}",
-             "single": "Serve /v1/rewrite, 1 utterance", "direct": "  same, replica port (no HAProxy)",
-             "batch": f"Serve /v1/rewrite, {args.batch} utterances"}
+    labels = {"peer": "peer FastAPI+uvicorn, 1 utterance", "peer_niced": f"  same, at niceness +{worker_nice}",
+              "single": "Serve /v1/rewrite, 1 utterance", "direct": "  same, replica port (no HAProxy)",
+              "batch": f"Serve /v1/rewrite, {args.batch} utterances"}
     try:
         for name in peer_ports:
             wait_http(targets[name][0])
-        rounds = interleaved(targets, args.rounds, args.duration, args.concurrency, label)
+        rounds = interleaved(targets, args.rounds, args.duration, args.concurrency, labels)
     finally:
         for p in peers:
             p.terminate()

@@ -196,8 +196,7 @@ def test_only_rewrite_requests_skip_the_disconnect_watch(path, marked):
 
 def test_packaged_config_installs_the_middleware_in_the_app_runtime_env():
     [app] = packaged_config()["applications"]
-    module, _, function = app["runtime_env"]["env_vars"]["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
-    assert f"{module}:{function}" == "serve_apps.http_middleware:middlewares"
+    assert app["runtime_env"]["env_vars"]["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "serve_apps.http_middleware:middlewares"
     assert [m.cls for m in middlewares()] == [SkipDisconnectWatch]
 
 
