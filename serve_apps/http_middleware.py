@@ -12,7 +12,8 @@ Serve reads in each ingress replica when it starts the replica's HTTP server (HA
 direct ingress; Serve's default Python proxy does not call it). Measured in one cluster
 serving the app twice, with and without it, 30 interleaved 1 s rounds on 2 cores: the
 ingress replica's CPU per single-utterance request 371 -> 332 us (10th percentile; 336 ->
-325 minimum), rps / plain-uvicorn peer 0.37 -> 0.41 through HAProxy.
+325 minimum), rps / plain-uvicorn peer 0.37 -> 0.41 through HAProxy
+(``benchmarks/bench_serve_disconnect_watch.py``).
 """
 
 from __future__ import annotations
