@@ -26,7 +26,8 @@ import scipy.sparse.linalg as spla
 
 from raylib.rewrite.approx import approximate_sources
 from raylib.rewrite.mining import mine_local
-from raylib.schema import read_table, validate
+from raylib.uri import read_table
+from raylib.validate import validate
 
 
 def clustered_chain(n: int, cluster: int, degree: int, cross: float, seed: int):

@@ -13,7 +13,7 @@ import resource
 import tempfile
 import time
 
-from raylib import schema as S
+from raylib import uri
 from raylib.sim import simulate
 
 
@@ -25,9 +25,9 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = simulate(out, args.preset, seed=0)
         sim_s = time.perf_counter() - t0
-        table = S.read_table(out, "interactions")
+        table = uri.read_table(out, "interactions")
         t0 = time.perf_counter()
-        S.write_table(table, out + "/copy", "interactions")
+        uri.write_table(table, out + "/copy", "interactions")
         write_s = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = summary["n_interactions"]

@@ -1,4 +1,4 @@
-"""Row validation throughput: ``raylib.schema.validate`` on a large interactions table.
+"""Row validation throughput: ``raylib.validate.validate`` on a large interactions table.
 
     .venv/bin/python benchmarks/bench_validate.py [--rows 1000000] [--bad 0.01]
 
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raylib import schema as S
+from raylib import uri, validate as V
 from raylib.sim import simulate
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as out:
         simulate(out, "medium", seed=0, config={"routing": {"n_requests": 1000}})
-        base = S.read_table(out, "interactions")
+        base = uri.read_table(out, "interactions")
     reps = -(-args.rows // base.num_rows)
     table = pa.concat_tables([base] * reps).slice(0, args.rows)
     table = corrupted(table, args.bad, np.random.default_rng(0))
@@ -46,7 +46,7 @@ def main() -> None:
     pq.write_table(table, pa.BufferOutputStream())
     peer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    checked = S.validate(table, "interactions")
+    checked = V.validate(table, "interactions")
     ours_s = time.perf_counter() - t0
     assert checked.good.num_rows + checked.n_rejected == table.num_rows
     print(f"rows={table.num_rows:,} rejected={checked.n_rejected:,}")

@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylib.errors import UserError
-from raylib import schema
+from raylib import uri
 
 LATEST = "LATEST"
 ENABLED = "ENABLED"
@@ -104,12 +104,12 @@ class Store:
     """Versioned artifacts under ``root``; see the module docstring for layout and atomicity.
 
     ``filesystem``: an explicit ``pyarrow.fs.FileSystem`` in which ``root`` is a path
-    (otherwise ``root`` is resolved with ``raylib.schema.filesystem``).
+    (otherwise ``root`` is resolved with ``raylib.uri.filesystem``).
     """
 
     def __init__(self, root: str, filesystem: pafs.FileSystem | None = None):
         self.root = root
-        self.fs, base = schema.filesystem(root) if filesystem is None else (filesystem, root)
+        self.fs, base = uri.filesystem(root) if filesystem is None else (filesystem, root)
         self.base = base.rstrip("/")
 
     def __repr__(self) -> str:

@@ -7,7 +7,7 @@ an in-memory buffer; a background thread writes the buffer as one new Parquet fi
 it holds ``max_rows`` rows or its oldest row is ``max_age_s`` old, and ``close`` writes
 what is left. Files are rotated by construction (one bounded file per flush) and appear
 atomically (written under a dot-name that Parquet readers skip, then renamed), so
-``raylib.schema.read_table(root, "routing_log")`` can read the log while it grows.
+``raylib.uri.read_table(root, "routing_log")`` can read the log while it grows.
 Rows that break the contract go to ``root/rejected`` with their reason, never dropped.
 """
 
@@ -21,7 +21,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raylib import schema
+from raylib import schema, uri
+from raylib.validate import validate
 
 ANONYMOUS_CUSTOMER = "anonymous"
 
@@ -61,7 +62,7 @@ class DecisionLogWriter:
     """Buffered, size- and time-rotated Parquet writer on a background thread."""
 
     def __init__(self, root: str, max_rows: int = 50_000, max_age_s: float = 60.0):
-        self.fs, self.root = schema.filesystem(root)
+        self.fs, self.root = uri.filesystem(root)
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self.writer_id = uuid.uuid4().hex[:8]
@@ -109,7 +110,7 @@ class DecisionLogWriter:
             self._seq += 1
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             stem = f"part-{stamp}-{self.writer_id}-{self._seq:06d}"
-            checked = schema.validate(pa.Table.from_pylist(rows, schema=schema.ROUTING_LOG), "routing_log")
+            checked = validate(pa.Table.from_pylist(rows, schema=schema.ROUTING_LOG), "routing_log")
             written = []
             if checked.good.num_rows:
                 written.append(_write_parquet(self.fs, f"{self.root}/routing_log", stem, checked.good))

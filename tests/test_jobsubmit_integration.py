@@ -27,7 +27,7 @@ import requests
 import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from raylib.schema import read_table
+from raylib.uri import read_table
 from raylib.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -182,7 +182,7 @@ def test_training_job_publishes_embeddings(head, world_dir):
     assert set(summary["cross_entropy"][model]) == {"lr", "mlp"}
     assert summary["workers"] == 1 and summary["epochs"] == 1
     art = Store(str(out / "store")).load("embeddings")
-    assert art.version == summary["embeddings_version"]
+    assert art.version == summary["published_version"]
     customers = art.table("customers")
     assert customers.num_rows == 300 and customers["customer_id"].null_count == 0
 

@@ -5,21 +5,14 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs.mine_rewrites import main
-from raylib.schema import INTERACTIONS, read_table, write_table
+from raylib.schema import INTERACTIONS
+from raylib.uri import read_table, write_table
 from raylib.sim import simulate
 from raylib.store import Store
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pyarrow as pa
 from raylib.routing.data import prepare, split_labels
 from raylib.routing.toy import ToyBandit
 from raylib.schema import FEEDBACK
+from raylib.validate import rejected_counts
 
 
 def _log(n=12):
@@ -23,7 +24,7 @@ def test_bad_rows_rejected_with_reasons():
     rows[2]["action"] = 17
     rows[3]["candidates"] = []
     data = prepare(pa.Table.from_pylist(rows, schema=log.schema))
-    reasons = data.summary()["rejected_reasons"]
+    reasons = rejected_counts(data.rejected)
     assert data.log.num_rows == len(rows) - 4 and data.rejected.num_rows == 4
     assert reasons["propensity 0.0 not in (0, 1]"] == 1 and reasons["propensity 1.5 not in (0, 1]"] == 1
     assert any(r.startswith("action index 17 out of range") for r in reasons) and reasons["candidates empty"] == 1

@@ -16,7 +16,7 @@ from raylib.routing.features import EmbeddingTables, Vocabulary, encode, request
 from raylib.routing.hybrid import ARTIFACT_FORMAT, EMBEDDINGS_FORMAT, HybridPolicy
 from raylib.routing.model import NetworkConfig, PolicyNetwork
 from raylib.routing.toy import ToyBandit
-from raylib.schema import write_table
+from raylib.uri import write_table
 from raylib.store import Store
 
 DIM = 4

@@ -10,7 +10,7 @@ import pytest
 
 from jobs import evaluate_policy, train_policy
 from raylib.routing.toy import ToyBandit
-from raylib.schema import write_table
+from raylib.uri import write_table
 from raylib.store import Store
 
 
@@ -38,7 +38,8 @@ def test_train_then_evaluate(data_dir, tmp_path):
     assert code == 0 and summary["decision"]["status"] == "pass"
     assert set(summary["true_value"]) == {"logging", "rp", "lp", "hp"}
     assert {"lo", "hi", "value"} <= set(summary["ope"]["ips"]) and summary["rpdr"]
-    assert summary["data"]["rejected_rows"] == 1 and summary["data"]["unrewarded_rows"] == 1
+    assert summary["rejected_rows"] == 1 and summary["data"]["unrewarded_rows"] == 1
+    assert summary["input_rows"] == summary["data"]["learnable_rows"] + 1 + 1  # + the unrewarded and the rejected row
     assert (out / "rejected").is_dir() and (out / "replication.png").stat().st_size > 0
     assert "| IPS expected reward |" in (out / "report.md").read_text()
     assert Store(str(store)).latest("policy") == summary["published_version"]
@@ -50,13 +51,13 @@ def test_train_then_evaluate(data_dir, tmp_path):
     assert code == 0 and evaluated["ope"]["estimator"] == "dr" and "hp" in evaluated["true_value"]
 
 
-def test_failed_guardrails_exit_1_and_publish_nothing(data_dir, tmp_path):
+def test_failed_guardrails_exit_3_and_publish_nothing(data_dir, tmp_path):
     rails = tmp_path / "strict.yaml"
     rails.write_text("min_ess: 1.0e9\n")
     store = tmp_path / "store"
     code = train_policy.main(["--data", data_dir, "--out", str(tmp_path / "o"), "--store", str(store), "--guardrails", str(rails), *FAST])
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert code == 1 and summary["decision"]["status"] == "fail" and any("ESS" in r for r in summary["decision"]["reasons"])
+    assert code == 3 and summary["decision"]["status"] == "fail" and any("ESS" in r for r in summary["decision"]["reasons"])
     assert summary["published_version"] is None and Store(str(store)).latest("policy") is None
 
 

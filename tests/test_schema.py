@@ -1,4 +1,4 @@
-"""raylib.schema.validate: every rejection reason of every table, nothing lost, exact conformance."""
+"""raylib.validate.validate: every rejection reason of every table, nothing lost, exact conformance."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raylib import schema as S
+from raylib import uri
+from raylib import validate as V
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -145,7 +147,7 @@ def test_each_bad_row_is_rejected_with_its_reason_and_the_rest_kept(name, label,
     rows = [good_row(name, i) for i in range(4)]
     mutate(rows[2])
     table = build(name, rows)
-    result = S.validate(table, name)
+    result = V.validate(table, name)
     assert result.rejected.column("reason").to_pylist() == [reason]
     assert result.rejected.column("table").to_pylist() == [name]
     assert result.rejected.column("row")[0].as_py() == json.dumps(table.slice(2, 1).to_pylist()[0], default=str, sort_keys=True)
@@ -155,8 +157,8 @@ def test_each_bad_row_is_rejected_with_its_reason_and_the_rest_kept(name, label,
 def test_the_good_rows_pass_untouched_in_every_table():
     for name, schema in S.SCHEMAS.items():
         rows = [good_row(name, i) for i in range(5)]
-        result = S.validate(build(name, rows), name)
-        assert result.n_rejected == 0, (name, S.rejected_counts(result.rejected))
+        result = V.validate(build(name, rows), name)
+        assert result.n_rejected == 0, (name, V.rejected_counts(result.rejected))
         assert result.good.equals(pa.Table.from_pylist(rows, schema=schema))
 
 
@@ -165,7 +167,7 @@ def test_a_missing_required_column_rejects_every_row(name):
     schema = S.SCHEMAS[name]
     for f in (f for f in schema if not f.nullable):
         table = build(name, [good_row(name, i) for i in range(3)]).drop_columns([f.name])
-        result = S.validate(table, schema)
+        result = V.validate(table, schema)
         assert result.good.num_rows == 0 and result.good.schema.equals(schema)
         assert result.rejected.column("reason").to_pylist() == [f"missing required column {f.name}"] * 3
         assert result.rejected.column("row").to_pylist() == [json.dumps(r, default=str, sort_keys=True) for r in table.to_pylist()]
@@ -174,7 +176,7 @@ def test_a_missing_required_column_rejects_every_row(name):
 def test_missing_nullable_columns_are_filled_with_nulls():
     rows = [good_row("routing_log", i) for i in range(3)]
     table = build("routing_log", rows).drop_columns(["propensities", "reward", "policy_version"])
-    result = S.validate(table, "routing_log")
+    result = V.validate(table, "routing_log")
     assert result.n_rejected == 0 and result.good.schema.equals(S.ROUTING_LOG)
     assert result.good.column("reward").null_count == 3 and result.good.column("propensities").null_count == 3
 
@@ -201,7 +203,7 @@ WRONG_TYPES = [
 def test_a_column_of_the_wrong_type_rejects_its_rows(name, column, values, python_type):
     table = build(name, [good_row(name, i) for i in range(3)])
     table = table.set_column(table.schema.get_field_index(column), column, values)
-    result = S.validate(table, name)
+    result = V.validate(table, name)
     assert result.good.num_rows == 0
     assert result.rejected.column("reason").to_pylist() == [f"wrong type for {column}: {python_type}"] * 3
 
@@ -209,21 +211,21 @@ def test_a_column_of_the_wrong_type_rejects_its_rows(name, column, values, pytho
 def test_nulls_in_a_wrongly_typed_nullable_column_are_still_good():
     table = build("routing_log", [good_row("routing_log", i) for i in range(3)])
     table = table.set_column(table.schema.get_field_index("reward"), "reward", pa.array(["1", None, None]))
-    result = S.validate(table, "routing_log")
-    assert S.rejected_counts(result.rejected) == {"wrong type for reward: str": 1}
+    result = V.validate(table, "routing_log")
+    assert V.rejected_counts(result.rejected) == {"wrong type for reward: str": 1}
     assert result.good.num_rows == 2 and result.good.column("reward").null_count == 2
 
 
 def test_bad_timestamps():
     rows = [good_row("interactions", i) for i in range(3)]
     as_text = build("interactions", rows).set_column(2, "timestamp", pa.array(["2024-05-01"] * 3))
-    result = S.validate(as_text, "interactions")
+    result = V.validate(as_text, "interactions")
     assert result.rejected.column("reason").to_pylist() == ["bad timestamp (type string)"] * 3
     # a timestamp without a zone is read as UTC, other units are converted
     naive = build("interactions", rows).set_column(
         2, "timestamp", pa.array([r["timestamp"].replace(tzinfo=None) for r in rows], pa.timestamp("s"))
     )
-    result = S.validate(naive, "interactions")
+    result = V.validate(naive, "interactions")
     assert result.n_rejected == 0
     assert result.good.column("timestamp").to_pylist() == [r["timestamp"] for r in rows]
 
@@ -231,17 +233,17 @@ def test_bad_timestamps():
 def test_the_first_violation_of_a_row_is_its_reason():
     row = good_row("routing_log")
     row.update(timestamp=None, customer_id="", utterance="", candidates=[])
-    assert S.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["bad timestamp (null)"]
+    assert V.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["bad timestamp (null)"]
     row["timestamp"] = T0
-    assert S.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["empty customer_id"]
+    assert V.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["empty customer_id"]
     row["customer_id"] = "c1"
-    assert S.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["empty utterance"]
+    assert V.validate(build("routing_log", [row]), "routing_log").rejected["reason"].to_pylist() == ["empty utterance"]
 
 
 def test_an_utterance_of_exactly_the_limit_is_good():
     row = good_row("interactions")
     row["utterance"] = "x" * S.MAX_UTTERANCE_CHARS
-    assert S.validate(build("interactions", [row]), "interactions").n_rejected == 0
+    assert V.validate(build("interactions", [row]), "interactions").n_rejected == 0
 
 
 def test_good_table_conforms_exactly_to_the_schema():
@@ -258,18 +260,18 @@ def test_good_table_conforms_exactly_to_the_schema():
     table = table.set_column(9, "reward", pa.array([1, None, 0, 1], pa.int64()))
     table = table.append_column("extra", pa.array(["a", "b", "c", "d"]))
     table = pa.concat_tables([table.slice(0, 1), table.slice(1)])
-    result = S.validate(table, S.ROUTING_LOG)
+    result = V.validate(table, S.ROUTING_LOG)
     assert result.n_rejected == 0
     assert result.good.schema.equals(S.ROUTING_LOG, check_metadata=True)
     assert result.good.equals(pa.Table.from_pylist(rows, schema=S.ROUTING_LOG))
 
 
 def test_empty_input_and_unknown_schema():
-    result = S.validate(S.INTERACTIONS.empty_table(), "interactions")
+    result = V.validate(S.INTERACTIONS.empty_table(), "interactions")
     assert result.good.schema.equals(S.INTERACTIONS) and result.good.num_rows == 0 and result.n_rejected == 0
     assert result.rejected.schema.equals(S.REJECTED)
     with pytest.raises(ValueError, match="schemas in raylib.schema"):
-        S.validate(pa.table({"a": [1]}), pa.schema([("a", pa.int64())]))
+        V.validate(pa.table({"a": [1]}), pa.schema([("a", pa.int64())]))
 
 
 # ---- nothing is lost: a property over random mixes of good and bad rows -------------------
@@ -298,7 +300,7 @@ def mixed_tables(draw):
 @given(mixed_tables())
 def test_good_plus_rejected_is_the_input(case):
     name, rows, reasons, table = case
-    result = S.validate(table, name)
+    result = V.validate(table, name)
     assert result.good.num_rows + result.rejected.num_rows == table.num_rows
     assert result.good.schema.equals(S.SCHEMAS[name])
     good_rows = [r for r, why in zip(rows, reasons) if why is None]
@@ -311,31 +313,31 @@ def test_good_plus_rejected_is_the_input(case):
 # ---- reporting and quarantine -----------------------------------------------------------
 
 
-def _some_rejections() -> S.Validated:
+def _some_rejections() -> V.Validated:
     rows = [good_row("interactions", i) for i in range(6)]
     rows[0]["status"] = "maybe"
     rows[2]["customer_id"] = None
     rows[3]["customer_id"] = None
     rows[5]["utterance"] = "  "
-    return S.validate(build("interactions", rows), "interactions")
+    return V.validate(build("interactions", rows), "interactions")
 
 
 def test_rejected_counts():
     result = _some_rejections()
-    assert S.rejected_counts(result.rejected) == {"unknown status 'maybe'": 1, "null customer_id": 2, "empty utterance": 1}
-    assert S.rejected_counts(S.REJECTED.empty_table()) == {}
+    assert V.rejected_counts(result.rejected) == {"unknown status 'maybe'": 1, "null customer_id": 2, "empty utterance": 1}
+    assert V.rejected_counts(S.REJECTED.empty_table()) == {}
 
 
 def test_write_rejected_to_a_real_directory(tmp_path):
     root = str(tmp_path)
-    assert S.write_rejected(S.REJECTED.empty_table(), root) is None
+    assert V.quarantine(S.REJECTED.empty_table(), root) is None
     assert not (tmp_path / "rejected").exists()
     first = _some_rejections().rejected
-    second = S.validate(build("feedback", [{"request_id": "r1", "reward": math.inf}]), "feedback").rejected
-    path = S.write_rejected(first, root)
-    S.write_rejected(second, root, part=1)
-    assert path.endswith("rejected/part-00000.parquet")
-    back = S.read_table(root, "rejected").sort_by([("table", "ascending"), ("reason", "ascending")])
+    second = V.validate(build("feedback", [{"request_id": "r1", "reward": math.inf}]), "feedback").rejected
+    path = V.quarantine(first, root)
+    V.quarantine(second, root)
+    assert "/rejected/part-" in path and path.endswith(".parquet")
+    back = uri.read_table(root, "rejected").sort_by([("table", "ascending"), ("reason", "ascending")])
     expected = pa.concat_tables([second, first]).sort_by([("table", "ascending"), ("reason", "ascending")])
     assert back.equals(expected)
-    assert S.rejected_counts(back)["reward not finite"] == 1
+    assert V.rejected_counts(back)["reward not finite"] == 1

@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from raylib.routing.toy import ToyBandit
-from raylib.schema import read_table, validate
+from raylib.uri import read_table
+from raylib.validate import validate
 from raylib.store import Store
 from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
 from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
@@ -21,7 +22,8 @@ from serve_apps.http_middleware import DISCONNECT_DISABLED, SkipDisconnectWatch,
 from serve_apps.models import MAX_BATCH, ReloadRequest, RewriteRequest, RouteRequest
 from serve_apps.rewrite_index import MemoryRewriteIndex, best_rewrites
 from serve_apps.rewrite_lookup import RewriteLookup
-from serve_apps.run import main, packaged_config, serve_config
+from jobs.serve import main
+from serve_apps.deploy import packaged_config, serve_config
 from serve_apps.served_rewrites import ServedRewrites
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raylib import uri
 from raylib.errors import UserError
 
 
@@ -184,17 +185,18 @@ class MiniLMEncoder(UtteranceEncoder):
 
 def encode_cached(encoder: UtteranceEncoder, texts: list[str], cache_dir: str | None = None) -> np.ndarray:
     """Vectors of the unique utterances ``texts``, encoding only those that the cache of
-    ``encoder.version`` under ``cache_dir`` does not hold yet (no cache when None)."""
+    ``encoder.version`` under ``cache_dir`` (a local path or a pyarrow.fs URI) does not
+    hold yet (no cache when None). The cache file is replaced in one write."""
     texts = list(texts)
     if len(set(texts)) != len(texts):
         raise ValueError("encode_cached expects unique utterances (edges hold utterance ids)")
     if cache_dir is None:
         return encoder.encode(texts)
-    path = os.path.join(cache_dir, f"{encoder.version}.npz")
+    path = uri.join(cache_dir, f"{encoder.version}.npz")
     known: dict[str, int] = {}
     cached = np.zeros((0, encoder.dim), np.float32)
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as data:
+    if uri.exists(path):
+        with np.load(io.BytesIO(uri.read_bytes(path)), allow_pickle=False) as data:
             cached_texts, cached = list(data["texts"]), data["vectors"]
         known = {t: i for i, t in enumerate(cached_texts)}
     missing = [t for t in texts if t not in known]
@@ -203,11 +205,10 @@ def encode_cached(encoder: UtteranceEncoder, texts: list[str], cache_dir: str | 
         for t in missing:
             known[t] = len(known)
         cached = np.concatenate([cached, fresh]) if len(cached) else fresh
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
         order = sorted(known, key=known.get)
-        np.savez(tmp, texts=np.array(order, dtype=str), vectors=cached)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, texts=np.array(order, dtype=str), vectors=cached)
+        uri.write_bytes(path, buf.getvalue())
     return cached[[known[t] for t in texts]].astype(np.float32)
 
 

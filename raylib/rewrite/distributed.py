@@ -18,7 +18,6 @@ Every partial result is summed or sorted by key, so the table equals ``mine_loca
 from __future__ import annotations
 
 import contextlib
-import uuid
 import zlib
 
 import numpy as np
@@ -33,7 +32,8 @@ from raylib.rewrite.counts import COUNTS, reduce_counts, session_counts, stats_o
 from raylib.rewrite.evidence import EVIDENCE, pair_evidence, reduce_evidence
 from raylib.rewrite.mining import Mined, MiningParams, build_model, candidate_rewrites, finalize, mine_local
 from raylib.rewrite.sessions import sessionize
-from raylib.schema import INTERACTIONS, validate, write_rejected
+from raylib.schema import INTERACTIONS
+from raylib.validate import quarantine, validate
 
 DEFAULT_BUCKETS = 16
 
@@ -75,7 +75,7 @@ def _quarantine(batch: pa.Table, root: str | None) -> pa.Table:
     if checked.n_rejected:
         if root is None:
             raise ValueError("rejected rows need a quarantine root")
-        write_rejected(checked.rejected, root, part=uuid.uuid4().int % 10**9)
+        quarantine(checked.rejected, root)
     return checked.good
 
 

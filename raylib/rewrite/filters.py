@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from scipy.stats import norm
 
 FILTERS = ("min_support", "z_test", "generic_target", "min_customers")

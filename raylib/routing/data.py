@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylib.errors import UserError
-from raylib.schema import read_table, rejected_counts, validate
+from raylib.uri import read_table
+from raylib.validate import quarantine, validate
 
 SPLITS = ("train", "validation", "test")
 
@@ -28,15 +29,14 @@ class RoutingData:
     truth: pa.Table | None = None  # simulator truth_routing, aligned with ``log`` when present
     counts: dict = field(default_factory=dict)
 
+    @property
+    def n_valid(self) -> int:
+        """Input rows (routing log and feedback) that passed validation."""
+        return self.n_input + self.counts.get("feedback_rows", 0) - self.rejected.num_rows
+
     def summary(self) -> dict:
-        return {
-            "input_rows": self.n_input,
-            "learnable_rows": self.log.num_rows,
-            "unrewarded_rows": self.n_unrewarded,
-            "rejected_rows": self.rejected.num_rows,
-            "rejected_reasons": rejected_counts(self.rejected),
-            **self.counts,
-        }
+        """The job summary's ``data`` section (input and rejected rows are the job kit's)."""
+        return {"learnable_rows": self.log.num_rows, "unrewarded_rows": self.n_unrewarded, **self.counts}
 
 
 def join_feedback(log: pa.Table, feedback: pa.Table) -> pa.Table:
@@ -53,7 +53,7 @@ def join_feedback(log: pa.Table, feedback: pa.Table) -> pa.Table:
 
 
 def prepare(log: pa.Table, feedback: pa.Table | None = None, truth: pa.Table | None = None) -> RoutingData:
-    """Validate a routing log (``raylib.schema.validate``: empty candidates, action out of
+    """Validate a routing log (``raylib.validate.validate``: empty candidates, action out of
     range, propensity outside (0, 1], ...), join feedback, keep the rewarded rows."""
     checked = validate(log, "routing_log")
     rejected = checked.rejected
@@ -92,6 +92,17 @@ def load(root: str) -> RoutingData:
     if log.num_rows == 0:
         raise UserError(f"routing_log under {root} is empty")
     return prepare(log, feedback, truth)
+
+
+def read_routing(job, root: str, min_rows: int) -> RoutingData:
+    """``load(root)`` for a job (``raylib.job.Job``): rejected rows quarantined under its
+    ``--out``, valid rows counted; fewer than ``min_rows`` learnable rows is a UserError."""
+    data = load(root)
+    quarantine(data.rejected, job.out)
+    job.count_good(data.n_valid)
+    if data.log.num_rows < min_rows:
+        raise UserError(f"only {data.log.num_rows} learnable routing rows in {root}; need at least {min_rows}")
+    return data
 
 
 def _optional(root: str, name: str) -> pa.Table | None:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from raylib import schema as S
+from raylib import uri
 from raylib.sim import config as sim_config
 from raylib.sim.catalog import ASR, CANONICAL, CAUSE, DOMAINS, SYSTEM_SKILL, WBR_COR
 from raylib.sim.traffic import TURN_KINDS, generate_turns
@@ -22,13 +23,6 @@ from raylib.sim.world import World
 
 ROUTING_CHUNK = 200_000
 INTERJECTION_TEXT = ("stop", "cancel")
-
-
-def _write_json(obj: dict, root: str, name: str) -> None:
-    fs, path = S.filesystem(root)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{name}") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def customers_table(world: World) -> pa.Table:
@@ -118,13 +112,14 @@ def _defective_variants(world: World) -> dict[int, tuple[int, int]]:
 
 def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None = None,
              traffic_seed: int | None = None) -> dict:
-    """Simulate a world and write every table under ``out``; returns the summary."""
+    """Simulate a world and write every table and ``world.json`` under ``out``; returns
+    the figures of the job's summary."""
     cfg = sim_config.resolve(preset, config)
     traffic_seed = seed if traffic_seed is None else traffic_seed
     world = World(cfg, seed)
     cols = _Columns(world)
-    S.write_table(customers_table(world), out, "customers")
-    S.write_table(skills_table(world), out, "skills")
+    uri.write_table(customers_table(world), out, "customers")
+    uri.write_table(skills_table(world), out, "skills")
 
     defective = _defective_variants(world)
     seen_defective: Counter = Counter()
@@ -136,8 +131,8 @@ def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None
         customers = np.arange(start, min(world.population.n, start + chunk))
         turns = generate_turns(world.traffic, customers, np.random.default_rng([seed, 1, traffic_seed, part]))
         interactions, truth = _tables(world, cols, turns)
-        S.write_table(interactions, out, "interactions", part)
-        S.write_table(truth, out, "truth_turns", part)
+        uri.write_table(interactions, out, "interactions", part)
+        uri.write_table(truth, out, "truth_turns", part)
         n_rows += interactions.num_rows
         n_defects += int(turns.defect.sum())
         keys = pa.compute.binary_join_element_wise(interactions["domain"], interactions["intent"], interactions["slots"], "|")
@@ -148,11 +143,11 @@ def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None
     n_routing = cfg["routing"]["n_requests"]
     for part, start in enumerate(range(0, n_routing, ROUTING_CHUNK)):
         log, truth = world.routing(min(ROUTING_CHUNK, n_routing - start), seed=traffic_seed * 1000 + part)
-        S.write_table(log, out, "routing_log", part)
-        S.write_table(truth, out, "truth_routing", part)
+        uri.write_table(log, out, "routing_log", part)
+        uri.write_table(truth, out, "truth_routing", part)
 
     rows = sorted(seen_defective)
-    S.write_table(pa.table({
+    uri.write_table(pa.table({
         "utterance": [world.catalog.vocab[u] for u in rows],
         "intended_utterance": [cols.intended_text[defective[u][0]] for u in rows],
         "intended_interpretation": [cols.intended_key[defective[u][0]] for u in rows],
@@ -172,6 +167,6 @@ def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None
         "n_defective_utterances": len(rows),
         "asr_defective_utterances": sum(1 for u in rows if defective[u][1] == ASR),
     }
-    _write_json({"seed": seed, "traffic_seed": traffic_seed, "preset": preset, "config": cfg}, out, "world.json")
-    _write_json(summary, out, "summary.json")
+    world_json = {"seed": seed, "traffic_seed": traffic_seed, "preset": preset, "config": cfg}
+    uri.write_text(uri.join(out, "world.json"), json.dumps(world_json, indent=2, sort_keys=True))
     return summary

@@ -14,7 +14,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from raylib.errors import UserError
-from raylib.schema import filesystem, interpretation_key, normalize_utterance
+from raylib.schema import interpretation_key, normalize_utterance
+from raylib.uri import filesystem
 from raylib.sim import config as sim_config
 from raylib.sim.catalog import DOMAINS, N_SKILL_CATEGORY, build_catalog
 from raylib.sim.nlu import NLU

@@ -1,0 +1,106 @@
+"""Reading and writing under a location: a local path or any ``pyarrow.fs`` URI
+(``file://``, ``s3://``, ``gs://``). Every byte a job, the store or the simulator writes
+goes through here, so a job whose ``--out`` is ``s3://bucket/run`` leaves nothing on the
+local disk outside temporary directories.
+
+Tables are directories of Parquet files (``<root>/<table>/part-*.parquet``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute (processes on other nodes or in other working
+    directories read it); a URI unchanged."""
+    return location if is_uri(location) else os.path.abspath(location)
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """A ``pyarrow.fs`` filesystem and the path of ``location`` in it."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for a local path or a URI alike."""
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def kind(location: str) -> pafs.FileType:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type
+
+
+def exists(location: str) -> bool:
+    return kind(location) != pafs.FileType.NotFound
+
+
+def delete_dir(location: str) -> None:
+    """Remove the directory ``location`` and everything under it, if it exists."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def write_bytes(location: str, data: bytes) -> str:
+    """Write ``data`` to the file ``location`` (its directory is created); returns it.
+    Readers see the old file or the new one, never a part: an object store's single PUT
+    is atomic, and a local file is written beside its target and renamed over it."""
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if local:
+        fs.move(target, path)
+    return location
+
+
+def write_text(location: str, text: str) -> str:
+    return write_bytes(location, text.encode())
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_json(location: str):
+    return json.loads(read_bytes(location))
+
+
+def read_table(root: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Table ``name`` (a directory of Parquet files) under ``root``; FileNotFoundError
+    when there is none."""
+    fs, path = filesystem(join(root, name))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no table {name!r} under {root}")
+    return ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def write_table(table: pa.Table, root: str, name: str, part: int | str | None = 0) -> str:
+    """Write ``table`` as one part of table ``name`` under ``root`` and return the file.
+    ``part`` numbers the file (``part-00003.parquet``); ``None`` gives it a unique name, so
+    concurrent writers (Ray Data workers) never collide."""
+    fs, path = filesystem(join(root, name))
+    fs.create_dir(path, recursive=True)
+    suffix = uuid.uuid4().hex if part is None else f"{part:05d}" if isinstance(part, int) else part
+    file = f"{path}/part-{suffix}.parquet"
+    pq.write_table(table, file, filesystem=fs)
+    return file
