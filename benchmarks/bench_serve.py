@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy")
     args = parser.parse_args(argv)
 
-    from serve_apps.run import deploy, free_port, ingress_env, packaged_config, serve_config
+    from serve_apps.deploy import deploy, free_port, ingress_env, packaged_config, serve_config
 
     os.environ.update(ingress_env(args.ingress))  # HAProxy's stats/metrics listeners on free ports
     import pyarrow.parquet as pq

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-size", type=int, default=100_000)
     args = parser.parse_args(argv)
 
-    from serve_apps.run import deploy, free_port, ingress_env, packaged_config, serve_config
+    from serve_apps.deploy import deploy, free_port, ingress_env, packaged_config, serve_config
 
     os.environ.update(ingress_env("haproxy"))
     import pyarrow.parquet as pq

@@ -6,17 +6,17 @@ replication of RP, LP and HP, and the guard-rail decision.
     ray job submit --working-dir . -- python -m jobs.evaluate_policy --data DIR --out DIR
 
 The DM/DR reward model is learned from the same logs with 2-fold cross-fitting. Exit code:
-0 when the guard-rails pass, 1 when they fail, 2 on bad input.
+0 when the guard-rails pass, 3 when they fail, 2 on bad input, 1 on anything unexpected.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from jobs._cli import entrypoint
 from raylib.errors import UserError
+from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint
+from raylib.routing.data import read_routing
 
 
 def parse_args(argv, prog):
@@ -37,41 +37,39 @@ def parse_args(argv, prog):
 
 
 @entrypoint
-def main(argv=None, prog=None) -> int:
+def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
-    os.makedirs(args.out, exist_ok=True)
-
-    import ray
 
     from raylib.routing.assess import assess
     from raylib.routing.guardrails import GuardRails
     from raylib.routing.hybrid import HybridPolicy
-    from raylib.routing.job_io import load_inputs, write_outputs
     from raylib.routing.learn import CrossFitRewardModel, LearnSettings
+    from raylib.routing.report import charts, render_report
     from raylib.routing.train import TrainSettings
-    from raylib.store import Store
 
     rails = GuardRails.from_yaml(args.guardrails)
-    store = Store(args.store or os.path.join(args.out, "store"))
-    if store.latest("policy") is None:
-        raise UserError(f"no published policy in store {store}")
-    policy = HybridPolicy.from_artifact(store.load("policy", args.version))
-    data = load_inputs(args.data, args.out)
-    if data.log.num_rows < 10:
-        raise UserError(f"only {data.log.num_rows} learnable routing rows in {args.data}; need at least 10")
+    job = Job(args.out, args.store)
+    if job.store.latest("policy") is None:
+        raise UserError(f"no published policy in store {job.store}")
+    artifact = job.store.load("policy", args.version)
+    policy = HybridPolicy.from_artifact(artifact)
+    data = read_routing(job, args.data, min_rows=10)
     if args.num_workers > 0:  # Ray Train workers; in-process training needs no runtime
-        ray.init()
+        ensure_ray()
     settings = LearnSettings(
         reward=TrainSettings(epochs=args.epochs, seed=args.seed),
         num_workers=args.num_workers,
-        storage_path=os.path.abspath(os.path.join(args.out, "ray_train")),
+        storage_path=job.train_storage,
     )
     reward_model = CrossFitRewardModel.fit(data.log, policy.vocab, settings)
     result = assess(policy, data.log, rails, reward_model, data.truth, args.replicates, args.seed)
-    summary = {"data": data.summary(), "policy_version": args.version, **result, "guardrails": rails.to_dict()}
-    written = write_outputs(args.out, summary, "Hybrid routing policy: off-policy evaluation")
-    print(f"decision {written['decision']['status']}; report {args.out}/report.md")
-    return 0 if result["decision"]["status"] == "pass" else 1
+    summary = {"data": data.summary(), "policy_version": artifact.version, **result, "guardrails": rails.to_dict()}
+    passed = result["decision"]["status"] == "pass"
+    title = "Hybrid routing policy: off-policy evaluation"
+    outcome = job.finish(summary, lambda final: render_report(final, title), charts(summary), None,
+                         EXIT_OK if passed else EXIT_REJECTED)
+    print(f"decision {result['decision']['status']}; report {job.path('report.md')}")
+    return outcome
 
 
 if __name__ == "__main__":

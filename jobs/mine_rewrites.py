@@ -12,19 +12,15 @@ version of the ``rewrites`` artifact in ``--store`` (default ``OUT/store``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-import pyarrow.fs as pafs
-
-from jobs._cli import entrypoint
+from raylib import uri
 from raylib.errors import UserError
+from raylib.job import Job, Outcome, ensure_ray, entrypoint, to_json
 from raylib.rewrite.filters import FilterParams
 from raylib.rewrite.mining import Mined, MiningParams, mine_local
 from raylib.rewrite.publish import ARTIFACT, publish_rewrites
 from raylib.rewrite.report import render_report
-from raylib.schema import filesystem, read_table, rejected_counts, table_path, validate, write_rejected
-from raylib.store import Store
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -62,34 +58,20 @@ def _params(args) -> MiningParams:
     )
 
 
-def _require_table(root: str, name: str) -> None:
-    fs, path = filesystem(table_path(root, name))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise UserError(f"no {name!r} table under {root}")
-
-
-def _mine_ray(data: str, out: str, params: MiningParams) -> Mined:
+def _mine_ray(job: Job, data: str, params: MiningParams) -> Mined:
     import ray
 
     from raylib.rewrite.distributed import mine_ray
 
-    if not ray.is_initialized():
-        ray.init()  # picks up RAY_ADDRESS under `ray job submit`, else a local runtime
-    fs, path = filesystem(table_path(data, "interactions"))
-    return mine_ray(ray.data.read_parquet(path, filesystem=fs), params, quarantine=out)
+    ensure_ray()
+    fs, path = uri.filesystem(uri.join(data, "interactions"))
+    mined = mine_ray(ray.data.read_parquet(path, filesystem=fs), params, quarantine=job.out)
+    job.count_good(mined.stage_counts()["n_turns"])  # the workers quarantined the rest
+    return mined
 
 
-def _mine_local(data: str, out: str, params: MiningParams) -> Mined:
-    checked = validate(read_table(data, "interactions"), "interactions")
-    write_rejected(checked.rejected, out)
-    return mine_local(checked.good, params)
-
-
-def _rejected(out: str) -> dict[str, int]:
-    fs, path = filesystem(table_path(out, "rejected"))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return {}
-    return rejected_counts(read_table(out, "rejected"))
+def _mine_local(job: Job, data: str, params: MiningParams) -> Mined:
+    return mine_local(job.read(data, "interactions"), params)
 
 
 def _truth_metrics(table, truth: str, heldout: str | None) -> dict:
@@ -97,40 +79,30 @@ def _truth_metrics(table, truth: str, heldout: str | None) -> dict:
     from raylib.sim import World
 
     for name in ("interactions", "truth_turns", "truth_rewrites"):
-        _require_table(truth, name)
+        if not uri.exists(uri.join(truth, name)):
+            raise UserError(f"no {name!r} table under {truth}")
     world = World.from_dir(truth)
-    turns = intended_turns(read_table(truth, "interactions"), read_table(truth, "truth_turns"))
-    metrics = quality(table, world, turns, read_table(truth, "truth_rewrites"))
+    turns = intended_turns(uri.read_table(truth, "interactions"), uri.read_table(truth, "truth_turns"))
+    metrics = quality(table, world, turns, uri.read_table(truth, "truth_rewrites"))
     if heldout:
-        held = intended_turns(read_table(heldout, "interactions"), read_table(heldout, "truth_turns"))
+        held = intended_turns(uri.read_table(heldout, "interactions"), uri.read_table(heldout, "truth_turns"))
         metrics["replay"] = replay(table, world, held)
     return metrics
 
 
-def _write_text(out: str, name: str, text: str) -> None:
-    fs, path = filesystem(out)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{name}") as f:
-        f.write(text.encode())
-
-
 @entrypoint
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
     args = _parser(prog).parse_args(argv)
     params = _params(args)
     if args.heldout and not args.truth:
         raise UserError("--heldout needs --truth (the world the held-out traffic comes from)")
-    _require_table(args.data, "interactions")
-    # Bad rows of an earlier run in the same --out must not be counted again.
-    fs, rejected_dir = filesystem(table_path(args.out, "rejected"))
-    if fs.get_file_info(rejected_dir).type == pafs.FileType.Directory:
-        fs.delete_dir(rejected_dir)
-    mined = (_mine_ray if args.engine == "ray" else _mine_local)(args.data, args.out, params)
-    rejected = _rejected(args.out)
+    if not uri.exists(uri.join(args.data, "interactions")):
+        raise UserError(f"no 'interactions' table under {args.data}")
+    job = Job(args.out, args.store)
+    mined = (_mine_ray if args.engine == "ray" else _mine_local)(job, args.data, params)
     stages = mined.stage_counts()
-    store = Store(args.store or table_path(args.out, "store"))
     version, merged = publish_rewrites(
-        store, mined.table, metadata={"params": params.as_dict(), "data": args.data, "engine": args.engine},
+        job.store, mined.table, metadata={"params": params.as_dict(), "data": args.data, "engine": args.engine},
         enabled=False if args.disable else None,
     )
     summary = {
@@ -139,11 +111,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "n_sources": stages["n_sources"],
         "n_rewrites": mined.table.num_rows,
         "removed_by_filter": mined.removed_by_filter,
-        "rejected_rows": sum(rejected.values()),
-        "rejected_by_reason": rejected,
         "stages": stages,
-        "artifact": {"name": ARTIFACT, "version": version, "rows_after_merge": merged.num_rows,
-                     "enabled": store.enabled(ARTIFACT)},
+        "artifact": {"name": ARTIFACT, "rows_after_merge": merged.num_rows, "enabled": job.store.enabled(ARTIFACT)},
         "params": params.as_dict(),
     }
     if stages["n_turns"] == 0:
@@ -153,10 +122,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         metrics = _truth_metrics(mined.table, args.truth, args.heldout)
         summary.update({k: metrics[k] for k in ("precision", "win_loss", "coverage")})
         summary["truth"] = metrics
-    _write_text(args.out, "summary.json", json.dumps(summary, indent=2, default=str))
-    _write_text(args.out, "report.md", render_report(summary, mined))
-    print(json.dumps({k: summary[k] for k in ("n_sessions", "n_interpretations", "n_sources", "n_rewrites")}))
-    return 0
+    outcome = job.finish(summary, lambda final: render_report(final, mined), published_version=version)
+    print(to_json({k: outcome.summary[k] for k in ("n_sessions", "n_interpretations", "n_sources", "n_rewrites",
+                                                   "published_version", "rejected_rows")}))
+    return outcome
 
 
 if __name__ == "__main__":

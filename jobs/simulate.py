@@ -7,15 +7,11 @@ truth_rewrites, truth_turns, truth_routing; plus summary.json and world.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
-import yaml
-
-from jobs._cli import entrypoint
-from raylib.errors import UserError
+from raylib.job import Job, Outcome, entrypoint, to_json
 from raylib.sim import PRESETS, simulate
+from raylib.sim.config import load_overrides
 
 
 def parse_args(argv, prog):
@@ -30,27 +26,15 @@ def parse_args(argv, prog):
     return p.parse_args(argv)
 
 
-def load_overrides(path: str | None) -> dict:
-    if path is None:
-        return {}
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of settings")
-    return data
-
-
 @entrypoint
-def main(argv=None, prog=None) -> int:
+def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
-    started = time.time()
-    summary = simulate(args.out, args.preset, args.seed, load_overrides(args.config), args.traffic_seed)
-    summary["seconds"] = round(time.time() - started, 1)
-    print(json.dumps(summary, indent=2))
-    return 0
+    job = Job(args.out)
+    summary = simulate(job.out, args.preset, args.seed, load_overrides(args.config), args.traffic_seed)
+    job.count_good(summary["n_interactions"] + summary["n_routing"])
+    outcome = job.finish(summary)
+    print(to_json(outcome.summary))
+    return outcome
 
 
 if __name__ == "__main__":

@@ -15,10 +15,7 @@ store as "embeddings", and writes OUT/summary.json, OUT/report.md and OUT/ablati
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
-import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -27,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs._cli import entrypoint
 from raylib.errors import UserError
+from raylib.job import Job, Outcome, ensure_ray, entrypoint, to_json
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
 from raylib.graph.downstream import defect_cross_entropy, edge_features, one_hot_features
@@ -36,7 +33,8 @@ from raylib.graph.encoders import encode_cached, make_encoder
 from raylib.graph.models import SPECS
 from raylib.graph.report import ablation_effects, markdown_report, plot_ablation
 from raylib.graph.train import TrainConfig, fit
-from raylib.schema import read_table, rejected_counts, validate, vector_column, write_rejected
+from raylib.schema import vector_column
+from raylib.store import Store
 
 ONE_HOT = "Raw one-hot"
 ALL_MODELS = ["PinSage", "Revised PinSage", ONE_HOT, *[m for m in SPECS if m not in ("PinSage", "Revised PinSage")]]
@@ -86,21 +84,6 @@ def parse_args(argv, prog):
     return args
 
 
-def load_inputs(data: str, out: str) -> tuple[dict[str, pa.Table], dict]:
-    """The three input tables with malformed rows quarantined under OUT/rejected."""
-    tables, counts, rejected = {}, {}, []
-    for name in ("interactions", "customers", "skills"):
-        checked = validate(read_table(data, name), name)
-        tables[name] = checked.good
-        counts[f"{name}_rows"] = checked.good.num_rows
-        counts[f"{name}_rejected"] = checked.n_rejected
-        rejected.append(checked.rejected)
-    bad = pa.concat_tables(rejected)
-    write_rejected(bad, out)
-    counts["rejected_reasons"] = rejected_counts(bad)
-    return tables, counts
-
-
 def utterance_labels(graph, interactions: pa.Table) -> list[str]:
     """Interpretation (``domain|intent``) of the first interaction of each unique utterance:
     the Bi-LSTM encoder's pre-training target."""
@@ -112,20 +95,11 @@ def utterance_labels(graph, interactions: pa.Table) -> list[str]:
     return [f"{d}|{i}" for d, i in zip(domain, intent)]
 
 
-def run_name(model: str, cfg: TrainConfig, extra: dict) -> str:
-    """Ray Train run name: the same model and settings resume the same run's checkpoints."""
-    key = json.dumps({"model": model, **asdict(cfg), **extra}, sort_keys=True, default=str)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in model.lower()).strip("-")
-    return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
-
-def publish_embeddings(store_root: str, graph, data: GraphData, trained, model_name: str, meta: dict) -> str:
+def publish_embeddings(store: Store, graph, data: GraphData, trained, model_name: str, meta: dict) -> str:
     """Store artifact "embeddings": customer and skill embeddings, the personalized
     customer embedding of every distinct (customer, utterance) pair (``[f_p([h_u || utt]) ||
     utt]`` for a model with the personalizer), and the personalizer
     weights (so a new utterance can be personalized at serving time)."""
-    from raylib.store import Store
-
     model = trained.model
     hc, hs = model.embed(data)
     pairs = np.unique(np.stack([graph.edge_customer, graph.edge_utterance], 1), axis=0)
@@ -150,7 +124,7 @@ def publish_embeddings(store_root: str, graph, data: GraphData, trained, model_n
         buf = io.BytesIO()
         torch.save(personalizer.state_dict(), buf)
         files["personalizer"] = buf.getvalue()
-    return Store(store_root).publish("embeddings", files, metadata={"model": model_name, **meta})
+    return store.publish("embeddings", files, metadata={"model": model_name, **meta})
 
 
 def hyperparameter_notes(args) -> list[str]:
@@ -179,21 +153,16 @@ def hyperparameter_notes(args) -> list[str]:
 
 
 @entrypoint
-def main(argv=None, prog=None) -> int:
+def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
-    import ray
-
     torch.set_num_threads(args.torch_threads)
-    started = time.time()
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    tables, input_counts = load_inputs(args.data, out)
+    job = Job(args.out, args.store)
+    tables = {name: job.read(args.data, name) for name in ("interactions", "customers", "skills")}
     graph = build_graph(tables["interactions"], tables["customers"], tables["skills"])
-    input_counts.update(graph.counts)
 
     labels = utterance_labels(graph, tables["interactions"]) if args.encoder == "bilstm" else None
     encoder = make_encoder(args.encoder, args.encoder_dim, graph.utterances, labels, args.seed)
-    utt_vectors = encode_cached(encoder, graph.utterances, os.path.join(out, "utterance_cache"))
+    utt_vectors = encode_cached(encoder, graph.utterances, job.path("utterance_cache"))
     data = GraphData.from_graph(graph, utt_vectors, split_edges(graph.num_edges, 0.8, args.seed), seed=args.seed)
     rows = np.arange(graph.num_edges)
     if 0 < args.downstream_rows < graph.num_edges:
@@ -203,9 +172,7 @@ def main(argv=None, prog=None) -> int:
     cfg = TrainConfig(dim=args.dim, layers=args.layers, fanouts=args.fanouts, batch_size=args.batch_size, lr=args.lr,
                       epochs=args.epochs, edges_per_epoch=args.edges_per_epoch or None, seed=args.seed,
                       torch_threads=args.torch_threads)
-    if not ray.is_initialized():
-        ray.init()
-    data_ref = ray.put(data)
+    ensure_ray()
     ce, training, published, device = {}, {}, None, "cpu"
     for name in args.models:
         t0 = time.time()
@@ -213,15 +180,13 @@ def main(argv=None, prog=None) -> int:
             ce[name] = defect_cross_entropy(one_hot_features(data)[rows], y, args.seed)
             print(f"{name}: {ce[name]} ({time.time() - t0:.0f}s)", flush=True)
             continue
-        trained = fit(SPECS[name], data_ref, cfg, data, args.num_workers, args.use_gpu,
-                      storage_path=os.path.join(out, "ray_train"),
-                      name=run_name(name, cfg, {"encoder": encoder.version, "data": os.path.abspath(args.data)}))
+        trained = fit(SPECS[name], data, cfg, args.num_workers, args.use_gpu, storage_path=job.train_storage)
         device = trained.metrics.get("device", device)
         training[name] = {k: trained.metrics[k] for k in ("loss", "loss_history", "edges_per_s", "edges_per_worker")}
         ce[name] = defect_cross_entropy(edge_features(trained.model, data)[rows], y, args.seed)
         print(f"{name}: {ce[name]} loss {trained.metrics['loss_history']} ({time.time() - t0:.0f}s)", flush=True)
         if name == args.publish_model:
-            published = publish_embeddings(args.store or os.path.join(out, "store"), graph, data, trained, name,
+            published = publish_embeddings(job.store, graph, data, trained, name,
                                            {"encoder": encoder.version, "dim": args.dim, "epochs": args.epochs,
                                             "data": args.data, "cross_entropy": ce[name]})
 
@@ -243,19 +208,14 @@ def main(argv=None, prog=None) -> int:
         "constant_cross_entropy": float(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))) if 0 < rate < 1 else 0.0,
         "ablation": ablation_effects(ce),
         "training": training,
-        "input_counts": input_counts,
+        "graph": graph.counts,
         "hyperparameters": {**asdict(cfg), "encoder_dim": args.encoder_dim},
-        "embeddings_version": published,
-        "seconds": round(time.time() - started, 1),
         "notes": hyperparameter_notes(args),
     }
-    plot_ablation(ce, os.path.join(out, "ablation.png"))
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown_report(summary, "ablation.png"))
-    print(json.dumps({k: summary[k] for k in ("cross_entropy", "edges", "customers", "skills", "seconds")}, indent=2))
-    return 0
+    outcome = job.finish(summary, lambda final: markdown_report(final, "ablation.png"),
+                         {"ablation.png": plot_ablation(ce)}, published_version=published)
+    print(to_json({k: outcome.summary[k] for k in ("cross_entropy", "edges", "customers", "skills", "seconds")}))
+    return outcome
 
 
 if __name__ == "__main__":

@@ -15,18 +15,18 @@ measure replication against it, and the reward regression compares with its valu
 ``--embeddings VERSION|latest`` feeds the PDRFE customer and skill embeddings (store name
 "embeddings" in --store, published by jobs.train_pdrfe) to the new networks; they travel
 inside the published policy, so serving needs only the request's customer_id and skill_ids.
-Exit code: 0 when the guard-rails pass (policy published), 1 when they fail (nothing
-published), 2 on bad input.
+Exit code: 0 when the guard-rails pass (policy published), 3 when they reject it (nothing
+published), 2 on bad input, 1 on anything unexpected.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from jobs._cli import entrypoint
 from raylib.errors import UserError
+from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint
+from raylib.routing.data import read_routing
 
 
 def parse_args(argv, prog):
@@ -86,7 +86,7 @@ def load_embeddings(store, version: str | None, product: bool):
     return tables
 
 
-def learn_settings(args, embeddings=None):
+def learn_settings(args, storage_path: str, embeddings=None):
     from raylib.routing.learn import LearnSettings
     from raylib.routing.train import TrainSettings
 
@@ -101,32 +101,27 @@ def learn_settings(args, embeddings=None):
         reward=net(2),
         num_workers=args.num_workers,
         use_gpu=args.use_gpu,
-        storage_path=os.path.abspath(os.path.join(args.out, "ray_train")),
+        storage_path=storage_path,
         embeddings=embeddings,
         embedding_product=args.embedding_product,
     )
 
 
 @entrypoint
-def main(argv=None, prog=None) -> int:
+def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
-    os.makedirs(args.out, exist_ok=True)
-
-    import ray
 
     from raylib.routing.assess import assess
     from raylib.routing.guardrails import GuardRails
     from raylib.routing.hybrid import HybridPolicy
-    from raylib.routing.job_io import load_inputs, write_outputs
     from raylib.routing.learn import learn_hybrid
     from raylib.routing.refresh import split
-    from raylib.store import Store
+    from raylib.routing.report import charts, render_report
 
     rails = GuardRails.from_yaml(args.guardrails)
-    data = load_inputs(args.data, args.out)
-    if data.log.num_rows < 30:
-        raise UserError(f"only {data.log.num_rows} learnable routing rows in {args.data}; need at least 30")
-    store = Store(args.store or os.path.join(args.out, "store"))
+    job = Job(args.out, args.store)
+    data = read_routing(job, args.data, min_rows=30)
+    store = job.store
     current_version = store.latest("policy")
     current = HybridPolicy.from_artifact(store.load("policy", current_version)) if current_version else None
     if args.lp_only and current is None:
@@ -135,8 +130,8 @@ def main(argv=None, prog=None) -> int:
     embeddings = load_embeddings(store, args.embeddings, args.embedding_product)
 
     if args.num_workers > 0:  # Ray Train workers; in-process training needs no runtime
-        ray.init()
-    settings = learn_settings(args, embeddings)
+        ensure_ray()
+    settings = learn_settings(args, job.train_storage, embeddings)
     parts = split(data.log, data.truth)
     refresh = learn_hybrid(parts["train"][0], parts["validation"][0], settings, fixed, current)
     test_log, test_truth = parts["test"]
@@ -157,14 +152,16 @@ def main(argv=None, prog=None) -> int:
         "guardrails": rails.to_dict(),
     }
     summary["refresh"] = run_refreshes(args, settings, rails) if args.refresh_rounds else None
-    if result["decision"]["status"] == "pass":
+    passed = result["decision"]["status"] == "pass"
+    published = None
+    if passed:
         meta = {"decision": result["decision"]["status"], "ope": result["ope"], "lp_only": args.lp_only, **refresh.policy.info}
-        summary["published_version"] = store.publish("policy", refresh.policy.to_files(), metadata=meta)
-    else:
-        summary["published_version"] = None
-    written = write_outputs(args.out, summary, "Hybrid routing policy: training and pre-deployment evaluation")
-    print(f"decision {written['decision']['status']}; published {written['published_version']}; report {args.out}/report.md")
-    return 0 if result["decision"]["status"] == "pass" else 1
+        published = store.publish("policy", refresh.policy.to_files(), metadata=meta)
+    title = "Hybrid routing policy: training and pre-deployment evaluation"
+    outcome = job.finish(summary, lambda final: render_report(final, title), charts(summary), published,
+                         EXIT_OK if passed else EXIT_REJECTED)
+    print(f"decision {result['decision']['status']}; published {published}; report {job.path('report.md')}")
+    return outcome
 
 
 def run_refreshes(args, settings, rails) -> dict:

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from raylib.cli import COMMANDS
+from jobs.cli import COMMANDS
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "raylib.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True)
 
 
 def test_help_lists_every_job():

@@ -23,10 +23,12 @@ from jobs import train_policy
 from raylib.routing.features import Vocabulary
 from raylib.routing.hybrid import HybridPolicy
 from raylib.routing.toy import ToyBandit
-from raylib.schema import FEEDBACK, read_table, validate, write_table
+from raylib.schema import FEEDBACK
+from raylib.uri import read_table, write_table
+from raylib.validate import validate
 from raylib.store import Store
 from serve_apps.models import MAX_BATCH
-from serve_apps.run import deploy, free_port, ingress_env, packaged_config, serve_config
+from serve_apps.deploy import deploy, free_port, packaged_config, serve_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -51,27 +53,15 @@ def _route_body(row: dict, customer: str | None = "c1") -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    import ray
-    from ray import serve
-
+def served(serve_ray, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     store = Store(str(root / "store"))
     store.publish("rewrites", {"table": _rewrite_table(REWRITES_V1)}, metadata={"test": True})
     store.publish("policy", _policy(seed=1).to_files())
-    env = ingress_env("haproxy")  # HAProxy's stats/metrics listeners on free ports
     args = {"store_root": str(root / "store"), "decision_log_dir": str(root / "log"), "admin_token": TOKEN,
             "flag_poll_s": 0.2, "decision_log_max_age_s": 3600, "max_body_bytes": 20_000}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        ray.init(num_cpus=2, include_dashboard=False)
-        try:
-            url = deploy(serve_config(packaged_config(), args, host="127.0.0.1", port=free_port()))
-            yield {"url": url, "store": store, "log_dir": str(root / "log")}
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    url = deploy(serve_config(packaged_config(), args, host="127.0.0.1", port=free_port()))
+    yield {"url": url, "store": store, "log_dir": str(root / "log")}
 
 
 def _reload(url: str, **body) -> requests.Response:

@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from raylib.job import png  # noqa: E402
+
 # Fig. 2 of seed 000: for each module, (reference model without it, model with it).
 ABLATIONS: dict[str, list[tuple[str, str]]] = {
     "Personalizer": [("RGCN", "Per"), ("EC", "PDRFE (w/ NNConv)"), ("EAtt", "PDRFE (w/ edge attention)")],
@@ -30,8 +32,9 @@ def ablation_effects(ce: dict[str, dict[str, float]]) -> list[dict]:
     return rows
 
 
-def plot_ablation(ce: dict[str, dict[str, float]], path: str) -> None:
-    """Grouped bars: one panel per module and classifier, reference (blue) vs with module (orange)."""
+def plot_ablation(ce: dict[str, dict[str, float]]) -> bytes:
+    """Grouped bars as PNG: one panel per module and classifier, reference (blue) vs with
+    module (orange)."""
     effects = ablation_effects(ce)
     modules = [m for m in ABLATIONS if any(e["module"] == m for e in effects)]
     fig, axes = plt.subplots(2, max(len(modules), 1), figsize=(4.2 * max(len(modules), 1), 6.5), squeeze=False)
@@ -53,8 +56,7 @@ def plot_ablation(ce: dict[str, dict[str, float]], path: str) -> None:
             ax.set_ylim(lo * 0.9, max(ref + with_) * 1.05)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return png(fig)
 
 
 def markdown_report(summary: dict, chart: str) -> str:
@@ -96,6 +98,8 @@ def markdown_report(summary: dict, chart: str) -> str:
     for name, m in summary["training"].items():
         hist = ", ".join(f"{x:.3f}" for x in m["loss_history"])
         lines.append(f"| {name} | {m['loss']:.4f} | {hist} | {m['edges_per_s']:.0f} |")
-    lines += ["", "## Inputs", "", "```", *(f"{k}: {v}" for k, v in summary["input_counts"].items()), "```", ""]
+    inputs = {"input rows": summary["input_rows"], "rejected rows": summary["rejected_rows"],
+              **summary["rejected_by_reason"], **summary["graph"]}
+    lines += ["", "## Inputs", "", "```", *(f"{k}: {v}" for k, v in inputs.items()), "```", ""]
     lines += summary.get("notes", [])
     return "\n".join(lines) + "\n"

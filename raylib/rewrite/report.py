@@ -48,7 +48,7 @@ def render_report(summary: dict, mined: Mined) -> str:
     lines += ["", "## Removed by each filter (in order)", "", "| filter | removed |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in summary["removed_by_filter"].items()]
     art = summary["artifact"]
-    lines += ["", f"Published `{art['name']}` {art['version']} ({art['rows_after_merge']} rows after merging "
+    lines += ["", f"Published `{art['name']}` {summary['published_version']} ({art['rows_after_merge']} rows after merging "
                   f"with the previous version, newest wins; feature flag {'on' if art['enabled'] else 'off'})."]
     lines += ["", "## Examples (like the paper's Table 1)", "",
               "| original utterance | rewrite | score (Eq. 20) | kept / removed by |", "| --- | --- | --- | --- |"]

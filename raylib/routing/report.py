@@ -4,12 +4,12 @@ replication chart of RP, LP and HP (like the paper's Fig. 7) and the refresh cur
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from raylib.job import png  # noqa: E402
 
 
 def _fmt(x) -> str:
@@ -44,8 +44,8 @@ OPE_ROWS = (
 )
 
 
-def replication_chart(replication: dict, kappa_target: float, path: str) -> str:
-    """Grouped bars of per-intent replication for RP, LP and HP with the κ̃ line."""
+def replication_chart(replication: dict, kappa_target: float) -> bytes:
+    """Grouped bars (PNG) of per-intent replication for RP, LP and HP with the κ̃ line."""
     intents = sorted(replication, key=lambda j: -replication[j]["n"])[:30]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(intents) + 2), 4))
     width = 0.27
@@ -59,13 +59,11 @@ def replication_chart(replication: dict, kappa_target: float, path: str) -> str:
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return png(fig)
 
 
-def curve_chart(refresh: dict, path: str) -> str:
-    """True value of the baseline and each refreshed HP (deployed policy per round)."""
+def curve_chart(refresh: dict) -> bytes:
+    """True value (PNG) of the baseline and each refreshed HP (deployed policy per round)."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     xs = list(range(len(refresh["deployed_curve"])))
     ax.plot(xs, refresh["deployed_curve"], marker="o")
@@ -73,24 +71,28 @@ def curve_chart(refresh: dict, path: str) -> str:
     ax.set_xticklabels(["baseline"] + [f"HP{i}" for i in xs[1:]])
     ax.set_ylabel("true expected reward")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return png(fig)
 
 
-def write_report(out: str, summary: dict, title: str) -> str:
-    """Write report.md (and PNG charts) into ``out``; returns the report's path."""
+def charts(summary: dict) -> dict[str, bytes]:
+    """The report's PNG charts by file name."""
+    out = {"replication.png": replication_chart(summary["replication"], summary["kappa_target"])}
+    if summary.get("refresh"):
+        out["refresh_curve.png"] = curve_chart(summary["refresh"])
+    return out
+
+
+def render_report(summary: dict, title: str) -> str:
+    """report.md of a routing job (its charts are named as :func:`charts` names them)."""
     lines = [f"# {title}", ""]
     decision = summary["decision"]
     lines += [f"**Decision: {decision['status'].upper()}**", ""]
     lines += [f"- {r}" for r in decision["reasons"]] or ["- every guard-rail passed"]
     lines.append("")
-    if "data" in summary:
-        lines += ["## Data", "", "| | rows |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in summary["data"].items() if not isinstance(v, dict)]
-        for reason, count in summary["data"].get("rejected_reasons", {}).items():
-            lines.append(f"| rejected: {reason} | {count} |")
-        lines.append("")
+    lines += ["## Data", "", "| | rows |", "| --- | --- |", f"| input rows | {summary['input_rows']} |"]
+    lines += [f"| {k} | {v} |" for k, v in summary["data"].items()]
+    lines += [f"| rejected: {reason} | {count} |" for reason, count in summary["rejected_by_reason"].items()]
+    lines.append("")
     if summary.get("true_value"):
         lines += ["## True value (simulator)", "", "| policy | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in summary["true_value"].items()]
@@ -116,11 +118,9 @@ def write_report(out: str, summary: dict, title: str) -> str:
             f"| {j} | {rep['n']} | {_fmt(summary['kappa'].get(j))} | {_fmt(summary['rpdr'].get(j))} | "
             f"{rep['rp']:.3f} | {rep['lp']:.3f} | {rep['hp']:.3f} |"
         )
-    chart = replication_chart(summary["replication"], summary["kappa_target"], os.path.join(out, "replication.png"))
-    lines += ["", f"![per-intent replication]({os.path.basename(chart)})", ""]
+    lines += ["", "![per-intent replication](replication.png)", ""]
     if summary.get("refresh"):
         ref = summary["refresh"]
-        curve = curve_chart(ref, os.path.join(out, "refresh_curve.png"))
         lines += ["## Consecutive refreshes (simulation)", "", "| round | HP true value | OPE estimate | decision |"]
         lines += ["| --- | --- | --- | --- |", f"| baseline | {ref['baseline_value']:.4f} | - | - |"]
         for row in ref["rounds"]:
@@ -128,8 +128,5 @@ def write_report(out: str, summary: dict, title: str) -> str:
                 f"| HP{row['round']} | {row['hp_true_value']:.4f} | {_fmt(row['ope_estimate'])} | {row['decision']} |"
             )
         corr = ref["calibration"]["correlation"]
-        lines += ["", f"OPE estimate vs true value correlation: {_fmt(corr)}", "", f"![refresh curve]({os.path.basename(curve)})", ""]
-    path = os.path.join(out, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
+        lines += ["", f"OPE estimate vs true value correlation: {_fmt(corr)}", "", "![refresh curve](refresh_curve.png)", ""]
+    return "\n".join(lines) + "\n"

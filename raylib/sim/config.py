@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+import yaml
+
 from raylib.errors import UserError
 
 DEFAULTS: dict = {
@@ -116,3 +118,17 @@ def resolve(preset: str = "small", overrides: dict | None = None) -> dict:
         raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     config = _merge(DEFAULTS, PRESETS[preset])
     return _merge(config, overrides or {})
+
+
+def load_overrides(path: str | None) -> dict:
+    """Setting overrides from a YAML file (``--config``); none without a path."""
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of settings")
+    return data

@@ -1,0 +1,179 @@
+"""The job kit: what every job in ``jobs/`` does, done one way.
+
+A job is ``main(argv, prog) -> int`` wrapped by :func:`entrypoint`. Inside, it opens a
+:class:`Job` on its ``--out`` location (a local path or any ``pyarrow.fs`` URI) and
+
+- reads contract tables with :meth:`Job.read` (validated; bad rows quarantined under
+  ``<out>/rejected`` and counted), or quarantines through ``raylib.validate.quarantine``
+  from Ray Data workers (counted on the driver when the job finishes);
+- publishes artifacts to :attr:`Job.store` (``--store``, default ``<out>/store``);
+- ends with :meth:`Job.finish`, which writes ``summary.json`` (strict JSON: a non-finite
+  number becomes null), ``report.md`` and PNG charts under ``--out`` and returns an
+  :class:`Outcome`.
+
+Every summary carries the same keys: ``input_rows``, ``rejected_rows``,
+``rejected_by_reason``, ``published_version`` (null when nothing was published) and
+``seconds``. Exit codes: 0 done, 1 anything unexpected (with its traceback),
+2 bad usage or unreadable input (one line, no traceback), 3 a candidate rejected by its
+guard-rails (nothing published).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from raylib import uri
+from raylib.errors import UserError
+from raylib.store import Store
+from raylib.validate import quarantine, rejected_counts, validate
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
+COMMON_KEYS = ("input_rows", "rejected_rows", "rejected_by_reason", "published_version", "seconds")
+# Unreadable input: a missing or unreadable path, a corrupt Parquet file.
+INPUT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, pa.ArrowInvalid)
+
+
+def strict(value):
+    """``value`` with numpy scalars and arrays as Python values and every non-finite float
+    as None, so ``json.dumps(..., allow_nan=False)`` accepts it."""
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [strict(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def to_json(value) -> str:
+    """Strict JSON text of ``value`` (see :func:`strict`)."""
+    return json.dumps(strict(value), indent=2, sort_keys=True, allow_nan=False)
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def ensure_ray(**local) -> None:
+    """Join the cluster a job was submitted to (``RAY_ADDRESS``, set by ``ray job submit``)
+    or, without one, start a local runtime with ``local`` (``ray.init`` arguments)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(**({} if os.environ.get("RAY_ADDRESS") else local))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished job returns: its summary as written, its exit code and where it wrote."""
+
+    summary: dict
+    exit_code: int
+    out: str
+
+
+class Job:
+    """One run of a job writing under ``out``; see the module docstring."""
+
+    def __init__(self, out: str, store: str | None = None):
+        self.out = uri.absolute(out)
+        self.store = Store(uri.absolute(store) if store else uri.join(self.out, "store"))
+        self.started = time.monotonic()
+        self.good_rows = 0
+        uri.delete_dir(self.path("rejected"))  # bad rows of an earlier run in the same --out are not ours
+
+    def path(self, *parts: str) -> str:
+        """A location under ``--out``."""
+        return uri.join(self.out, *parts)
+
+    @property
+    def train_storage(self) -> str:
+        """Where Ray Train keeps this job's runs and checkpoints (``<out>/ray_train``)."""
+        return self.path("ray_train")
+
+    def read(self, data: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Contract table ``name`` under ``data``, validated: its good rows are returned, its
+        bad rows quarantined and counted. A missing table is a UserError."""
+        if not uri.exists(uri.join(data, name)):
+            raise UserError(f"no {name!r} table under {data}")
+        checked = validate(uri.read_table(data, name, columns), name)
+        quarantine(checked.rejected, self.out)
+        self.count_good(checked.good.num_rows)
+        return checked.good
+
+    def count_good(self, rows: int) -> None:
+        """Count good input rows validated outside :meth:`read` (by a library loader or by Ray
+        Data workers). ``input_rows`` = good rows + every row under ``<out>/rejected``."""
+        self.good_rows += rows
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Rows under ``<out>/rejected`` per reason, whoever wrote them (driver or workers)."""
+        if not uri.exists(self.path("rejected")):
+            return {}
+        return rejected_counts(uri.read_table(self.out, "rejected", ["reason"]))
+
+    def write(self, name: str, data: bytes | str) -> str:
+        """Write one file under ``--out``."""
+        return uri.write_bytes(self.path(name), data.encode() if isinstance(data, str) else data)
+
+    def finish(self, summary: dict, report: Callable[[dict], str] | None = None, plots: dict[str, bytes] | None = None,
+               published_version: str | None = None, exit_code: int = EXIT_OK) -> Outcome:
+        """Write ``summary.json`` (``summary`` with the common keys added), ``report.md``
+        (``report(summary)`` of that final summary) and ``plots`` (file name -> PNG bytes)."""
+        reasons = self.rejected_by_reason()
+        summary = strict({
+            **summary,
+            "input_rows": self.good_rows + sum(reasons.values()),
+            "rejected_rows": sum(reasons.values()),
+            "rejected_by_reason": reasons,
+            "published_version": published_version,
+            "seconds": round(time.monotonic() - self.started, 1),
+        })
+        for name, data in (plots or {}).items():
+            self.write(name, data)
+        if report is not None:
+            self.write("report.md", report(summary))
+        self.write("summary.json", to_json(summary))
+        return Outcome(summary, exit_code, self.out)
+
+
+def entrypoint(run: Callable[[list[str] | None, str | None], Outcome | int]) -> Callable[..., int]:
+    """Wrap a job's ``run(argv, prog)`` into ``main(argv=None, prog=None) -> exit code``:
+    bad input ends as one ``error: ...`` line and exit code 2, never a traceback."""
+
+    @functools.wraps(run)
+    def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+        try:
+            result = run(argv, prog)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except INPUT_ERRORS as exc:
+            print(f"error: cannot read input: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return result.exit_code if isinstance(result, Outcome) else int(result)
+
+    return main
