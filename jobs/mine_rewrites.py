@@ -63,9 +63,9 @@ def _mine_ray(job: Job, data: str, params: MiningParams) -> Mined:
 
     from raylib.rewrite.distributed import mine_ray
 
+    fs, files = job.readable_files(data, "interactions")
     ensure_ray()
-    fs, path = uri.filesystem(uri.join(data, "interactions"))
-    mined = mine_ray(ray.data.read_parquet(path, filesystem=fs), params, quarantine=job.out)
+    mined = mine_ray(ray.data.read_parquet(files, filesystem=fs), params, quarantine=job.out)
     job.count_good(mined.stage_counts()["n_turns"])  # the workers quarantined the rest
     return mined
 
@@ -96,8 +96,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
     params = _params(args)
     if args.heldout and not args.truth:
         raise UserError("--heldout needs --truth (the world the held-out traffic comes from)")
-    if not uri.exists(uri.join(args.data, "interactions")):
-        raise UserError(f"no 'interactions' table under {args.data}")
     job = Job(args.out, args.store)
     mined = (_mine_ray if args.engine == "ray" else _mine_local)(job, args.data, params)
     stages = mined.stage_counts()

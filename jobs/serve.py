@@ -18,7 +18,7 @@ import threading
 import yaml
 
 from raylib.errors import UserError
-from raylib.job import entrypoint
+from raylib.job import ensure_ray, entrypoint
 from serve_apps.deploy import deploy, ingress_env, packaged_config, serve_config
 
 
@@ -60,12 +60,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         overrides["store_root"] = args.store
     config = serve_config(base, overrides, args.host, args.port)
 
-    import ray
     from ray import serve
 
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.update(ingress_env(args.ingress))
-    ray.init()
+    ensure_ray()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -12,8 +12,9 @@ A job is ``main(argv, prog) -> int`` wrapped by :func:`entrypoint`. Inside, it o
   :class:`Outcome`.
 
 Every summary carries the same keys: ``input_rows``, ``rejected_rows``,
-``rejected_by_reason``, ``published_version`` (null when nothing was published) and
-``seconds``. Exit codes: 0 done, 1 anything unexpected (with its traceback),
+``rejected_by_reason``, ``published_version`` (null when nothing was published),
+``unreadable_files`` (path and reason of each input file that could not be read: the job
+went on with the rest) and ``seconds``. Exit codes: 0 done, 1 anything unexpected (with its traceback),
 2 bad usage or unreadable input (one line, no traceback), 3 a candidate rejected by its
 guard-rails (nothing published).
 """
@@ -31,14 +32,17 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from raylib import uri
 from raylib.errors import UserError
+from raylib.schema import REJECTED
 from raylib.store import Store
 from raylib.validate import quarantine, rejected_counts, validate
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
-COMMON_KEYS = ("input_rows", "rejected_rows", "rejected_by_reason", "published_version", "seconds")
+COMMON_KEYS = ("input_rows", "rejected_rows", "rejected_by_reason", "published_version", "unreadable_files", "seconds")
 # Unreadable input: a missing or unreadable path, a corrupt Parquet file.
 INPUT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, pa.ArrowInvalid)
 
@@ -103,6 +107,7 @@ class Job:
         self.store = Store(uri.absolute(store) if store else uri.join(self.out, "store"))
         self.started = time.monotonic()
         self.good_rows = 0
+        self.unreadable_files: list[dict] = []
         uri.delete_dir(self.path("rejected"))  # bad rows of an earlier run in the same --out are not ours
 
     def path(self, *parts: str) -> str:
@@ -114,12 +119,35 @@ class Job:
         """Where Ray Train keeps this job's runs and checkpoints (``<out>/ray_train``)."""
         return self.path("ray_train")
 
-    def read(self, data: str, name: str, columns: list[str] | None = None) -> pa.Table:
-        """Contract table ``name`` under ``data``, validated: its good rows are returned, its
-        bad rows quarantined and counted. A missing table is a UserError."""
+    def readable_files(self, data: str, name: str) -> tuple[pafs.FileSystem, list[str]]:
+        """The Parquet files of table ``name`` under ``data`` that can be read. Each unreadable
+        one (garbage, truncated) is quarantined as a rejected row naming its path and reason,
+        listed in the summary's ``unreadable_files``, and the job goes on with the rest. A
+        missing table, or one with no readable file, is a UserError."""
         if not uri.exists(uri.join(data, name)):
             raise UserError(f"no {name!r} table under {data}")
-        checked = validate(uri.read_table(data, name, columns), name)
+        fs, good, bad = uri.parquet_files(data, name)
+        if bad:
+            self.unreadable_files += [{"table": name, "path": path, "reason": reason} for path, reason in bad]
+            rows = [json.dumps({"file": path}) for path, _ in bad]
+            quarantine(pa.table({"table": [name] * len(bad), "row": rows,
+                                 "reason": [f"unreadable Parquet file: {reason}" for _, reason in bad]},
+                                schema=REJECTED), self.out)
+        if not good:
+            raise UserError(f"no readable Parquet file in table {name!r} under {data}"
+                            + (f" ({len(bad)} unreadable; first: {bad[0][0]}: {bad[0][1]})" if bad else ""))
+        return fs, good
+
+    def read_unvalidated(self, data: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Table ``name`` under ``data`` from its readable files, for a loader that validates
+        it itself (it then quarantines and counts, see :meth:`count_good`)."""
+        fs, files = self.readable_files(data, name)
+        return ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+
+    def read(self, data: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Contract table ``name`` under ``data`` from its readable files, validated: its
+        good rows are returned, its bad rows (and unreadable files) quarantined and counted."""
+        checked = validate(self.read_unvalidated(data, name, columns), name)
         quarantine(checked.rejected, self.out)
         self.count_good(checked.good.num_rows)
         return checked.good
@@ -150,6 +178,7 @@ class Job:
             "rejected_rows": sum(reasons.values()),
             "rejected_by_reason": reasons,
             "published_version": published_version,
+            "unreadable_files": self.unreadable_files,
             "seconds": round(time.monotonic() - self.started, 1),
         })
         for name, data in (plots or {}).items():

@@ -85,6 +85,29 @@ def read_json(location: str):
     return json.loads(read_bytes(location))
 
 
+def parquet_files(root: str, name: str) -> tuple[pafs.FileSystem, list[str], list[tuple[str, str]]]:
+    """The files of table ``name`` under ``root`` split by whether their Parquet footer
+    reads: ``(fs, readable paths, [(unreadable path, reason), ...])``. Hidden files (``.``
+    or ``_`` prefixed, e.g. a writer's temporary file) are skipped as Parquet readers skip
+    them. A footer check catches garbage and truncated files (a corrupt page inside a file
+    with a sound footer still fails the read itself). FileNotFoundError without the table."""
+    fs, path = filesystem(join(root, name))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no table {name!r} under {root}")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    good, bad = [], []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
+            continue
+        try:
+            with fs.open_input_file(info.path) as f:
+                pq.read_metadata(f)
+            good.append(info.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            bad.append((info.path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    return fs, good, bad
+
+
 def read_table(root: str, name: str, columns: list[str] | None = None) -> pa.Table:
     """Table ``name`` (a directory of Parquet files) under ``root``; FileNotFoundError
     when there is none."""

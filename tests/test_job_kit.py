@@ -107,14 +107,34 @@ def test_non_finite_numbers_are_written_as_null(tmp_path):
     assert strict({"a": (1, 2)}) == {"a": [1, 2]}
 
 
-def test_unreadable_input_is_one_line_and_exit_2(world, tmp_path, capsys):
-    root, _ = world
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_corrupt_files_are_quarantined_and_the_job_goes_on(world, engine, tmp_path, local_ray):
+    root, n = world
     data = tmp_path / "data"
-    uri.write_table(uri.read_table(str(root / "data"), "interactions"), str(data), "interactions")
-    (data / "interactions" / "part-00001.parquet").write_bytes(b"not parquet at all")
-    assert mine_rewrites.main(["--data", str(data), "--out", str(tmp_path / "out"), "--engine", "local"]) == EXIT_BAD_INPUT
+    good = uri.write_table(uri.read_table(str(root / "data"), "interactions"), str(data), "interactions")
+    garbage = data / "interactions" / "part-00001.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    truncated = data / "interactions" / "part-00002.parquet"
+    truncated.write_bytes(open(good, "rb").read()[:-100])
+    out = tmp_path / "out"
+    assert mine_rewrites.main(["--data", str(data), "--out", str(out), "--engine", engine]) == EXIT_OK
+    summary = strict_summary(out)
+    assert [(f["path"], f["table"]) for f in summary["unreadable_files"]] == [
+        (str(garbage), "interactions"), (str(truncated), "interactions")]
+    assert all(f["reason"] for f in summary["unreadable_files"])
+    assert summary["input_rows"] == n + 3 + 2 and summary["rejected_rows"] == 3 + 2
+    rejected = uri.read_table(str(out), "rejected").to_pylist()
+    files = sorted(json.loads(r["row"])["file"] for r in rejected if r["reason"].startswith("unreadable Parquet file"))
+    assert files == [str(garbage), str(truncated)]
+
+
+def test_unreadable_input_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "data" / "interactions").mkdir(parents=True)
+    (tmp_path / "data" / "interactions" / "part-00000.parquet").write_bytes(b"garbage")
+    assert mine_rewrites.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: no readable Parquet file") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and "part-00000.parquet" in err
     assert mine_rewrites.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]) == EXIT_BAD_INPUT
     assert "no 'interactions' table" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylib.errors import UserError
-from raylib.uri import read_table
+from raylib.uri import exists, join, read_table
 from raylib.validate import quarantine, validate
 
 SPLITS = ("train", "validation", "test")
@@ -81,35 +81,28 @@ def align_truth(log: pa.Table, truth: pa.Table) -> pa.Table | None:
     return truth.take(index)
 
 
-def load(root: str) -> RoutingData:
-    """Read ``routing_log`` (+ ``feedback`` and simulator ``truth_routing`` when present)."""
-    try:
-        log = read_table(root, "routing_log")
-    except FileNotFoundError:
-        raise UserError(f"no routing_log table under {root}") from None
-    feedback = _optional(root, "feedback")
-    truth = _optional(root, "truth_routing")
+def load(root: str, read=read_table) -> RoutingData:
+    """Read ``routing_log`` (+ ``feedback`` and simulator ``truth_routing`` when present)
+    with ``read(root, name)`` (default ``raylib.uri.read_table``)."""
+    if not exists(join(root, "routing_log")):
+        raise UserError(f"no routing_log table under {root}")
+    log = read(root, "routing_log")
+    feedback, truth = (read(root, name) if exists(join(root, name)) else None for name in ("feedback", "truth_routing"))
     if log.num_rows == 0:
         raise UserError(f"routing_log under {root} is empty")
     return prepare(log, feedback, truth)
 
 
 def read_routing(job, root: str, min_rows: int) -> RoutingData:
-    """``load(root)`` for a job (``raylib.job.Job``): rejected rows quarantined under its
-    ``--out``, valid rows counted; fewer than ``min_rows`` learnable rows is a UserError."""
-    data = load(root)
+    """``load(root)`` for a job (``raylib.job.Job``): unreadable files and rejected rows
+    quarantined under its ``--out``, valid rows counted; fewer than ``min_rows`` learnable
+    rows is a UserError."""
+    data = load(root, job.read_unvalidated)
     quarantine(data.rejected, job.out)
     job.count_good(data.n_valid)
     if data.log.num_rows < min_rows:
         raise UserError(f"only {data.log.num_rows} learnable routing rows in {root}; need at least {min_rows}")
     return data
-
-
-def _optional(root: str, name: str) -> pa.Table | None:
-    try:
-        return read_table(root, name)
-    except FileNotFoundError:
-        return None
 
 
 def split_labels(request_ids: list[str], fractions=(0.7, 0.15, 0.15), salt: str = "") -> np.ndarray:
