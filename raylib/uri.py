@@ -36,8 +36,10 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(root: str, *parts: str) -> str:
-    """``root/part/...`` for a local path or a URI alike."""
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+    """``root/part/...`` for a local path or a URI alike; a URI's query (e.g.
+    ``?endpoint_override=...``) stays at the end."""
+    base, mark, query = root.partition("?") if is_uri(root) else (root, "", "")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + mark + query
 
 
 def kind(location: str) -> pafs.FileType:

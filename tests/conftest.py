@@ -1,9 +1,13 @@
-"""Fixtures shared by the test modules: a local Ray runtime, and one with the HAProxy
-ingress environment that the Serve tests need."""
+"""Fixtures shared by the test modules: a local Ray runtime, one with the HAProxy ingress
+environment that the Serve tests need, and an S3-compatible server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +40,50 @@ def serve_ray():
         finally:
             serve.shutdown()
             ray.shutdown()
+
+
+class S3:
+    """A bucket on a local S3-compatible server; ``uri(path)`` is its pyarrow.fs URI."""
+
+    def __init__(self, endpoint: str, bucket: str):
+        import boto3
+
+        self.endpoint, self.bucket = endpoint, bucket
+        self.client = boto3.client("s3", endpoint_url=endpoint)
+        self.client.create_bucket(Bucket=bucket)
+
+    def uri(self, path: str) -> str:
+        host = self.endpoint.removeprefix("http://")
+        return f"s3://{self.bucket}/{path}?endpoint_override={host}&scheme=http&region=us-east-1"
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix`` (directory markers left out)."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (as Ray's own tests simulate S3), with test
+    credentials in the environment; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in S3_ENV.items():
+            mp.setenv(key, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3(s3_server) -> S3:
+    """A fresh bucket for one test."""
+    return S3(s3_server, f"test-{uuid.uuid4().hex[:12]}")
