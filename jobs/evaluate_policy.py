@@ -11,16 +11,15 @@ The DM/DR reward model is learned from the same logs with 2-fold cross-fitting. 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from raylib.errors import UserError
-from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint
+from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint, log, parser
 from raylib.routing.data import read_routing
 
 
 def parse_args(argv, prog):
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__)
     p.add_argument("--data", required=True, help="directory (or URI) holding the routing_log table")
     p.add_argument("--out", required=True, help="directory for summary.json, report.md, charts, rejected/")
     p.add_argument("--store", help="artifact store root (default: OUT/store)")
@@ -68,7 +67,7 @@ def main(argv=None, prog=None) -> Outcome:
     title = "Hybrid routing policy: off-policy evaluation"
     outcome = job.finish(summary, lambda final: render_report(final, title), charts(summary), None,
                          EXIT_OK if passed else EXIT_REJECTED)
-    print(f"decision {result['decision']['status']}; report {job.path('report.md')}")
+    log.info("guard-rails: %s", result["decision"]["status"])
     return outcome
 
 

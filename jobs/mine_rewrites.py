@@ -11,37 +11,35 @@ version of the ``rewrites`` artifact in ``--store`` (default ``OUT/store``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from raylib import uri
 from raylib.errors import UserError
-from raylib.job import Job, Outcome, ensure_ray, entrypoint, to_json
+from raylib.job import Job, Outcome, ensure_ray, entrypoint, log, parser
 from raylib.rewrite.filters import FilterParams
 from raylib.rewrite.mining import Mined, MiningParams, mine_local
 from raylib.rewrite.publish import ARTIFACT, publish_rewrites
 from raylib.rewrite.report import render_report
 
 
-def _parser(prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _parser(prog: str | None):
+    p = parser(prog, __doc__)
     p.add_argument("--data", required=True, help="directory/URI holding the interactions table")
     p.add_argument("--out", required=True, help="directory/URI for summary.json, report.md and rejected/")
     p.add_argument("--store", help="artifact store root (default: OUT/store)")
-    p.add_argument("--depth", type=int, default=5, help="BFS depth per source (0 = unlimited)")
-    p.add_argument("--epsilon", type=float, default=1e-3, help="prune paths whose probability falls below this")
-    p.add_argument("--top-k", type=int, default=10, help="targets kept per source interpretation")
-    p.add_argument("--gap-s", type=float, default=45.0, help="session gap delta_tau in seconds")
-    p.add_argument("--min-customers", type=int, default=5, help="distinct customers behind a rewrite")
-    p.add_argument("--min-support", type=int, default=10, help="times the source utterance was said")
-    p.add_argument("--alpha", type=float, default=0.01, help="Z-test p-value threshold")
+    p.add_argument("--depth", type=int, default=5, help="BFS depth per source (0 = unlimited) (default %(default)s)")
+    p.add_argument("--epsilon", type=float, default=1e-3, help="prune paths whose probability falls below this (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=10, help="targets kept per source interpretation (default %(default)s)")
+    p.add_argument("--gap-s", type=float, default=45.0, help="session gap delta_tau in seconds (default %(default)s)")
+    p.add_argument("--min-customers", type=int, default=5, help="distinct customers behind a rewrite (default %(default)s)")
+    p.add_argument("--min-support", type=int, default=10, help="times the source utterance was said (default %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.01, help="Z-test p-value threshold (default %(default)s)")
     p.add_argument("--generic-min-sources", type=int, default=10,
-                   help="unrelated sources that make a target generic")
+                   help="unrelated sources that make a target generic (default %(default)s)")
     p.add_argument("--truth", help="simulator output with truth_* tables and world.json: quality metrics")
     p.add_argument("--heldout", help="held-out simulator traffic of the same world: replay metrics (needs --truth)")
     p.add_argument("--engine", choices=("ray", "local"), default="ray",
-                   help="Ray Data pipeline or the single-process path (same result)")
+                   help="Ray Data pipeline or the single-process path, same result (default %(default)s)")
     p.add_argument("--disable", action="store_true", help="publish with the rewrites feature flag off")
     return p
 
@@ -115,14 +113,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
     }
     if stages["n_turns"] == 0:
         summary["message"] = "no valid interactions: published an empty rewrite table (previous rewrites kept)"
-        print(summary["message"], file=sys.stderr)
+        log.warning(summary["message"])
     if args.truth:
         metrics = _truth_metrics(mined.table, args.truth, args.heldout)
         summary.update({k: metrics[k] for k in ("precision", "win_loss", "coverage")})
         summary["truth"] = metrics
     outcome = job.finish(summary, lambda final: render_report(final, mined), published_version=version)
-    print(to_json({k: outcome.summary[k] for k in ("n_sessions", "n_interpretations", "n_sources", "n_rewrites",
-                                                   "published_version", "rejected_rows")}))
+    log.info("%s", {k: outcome.summary[k] for k in ("n_sessions", "n_interpretations", "n_sources", "n_rewrites",
+                                                    "rejected_rows")})
     return outcome
 
 

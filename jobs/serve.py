@@ -9,7 +9,6 @@ Serve's default proxy); on an existing cluster the ingress is whatever it was st
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ import yaml
 
 from raylib.errors import UserError
 from raylib.job import ensure_ray, entrypoint
+from raylib.job import parser as job_parser
 from serve_apps.deploy import deploy, ingress_env, packaged_config, serve_config
 
 
@@ -34,11 +34,7 @@ def _parse_set(items: list[str]) -> dict:
 
 @entrypoint
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Serve the rewrite lookup and the hybrid router (FastAPI ingress on Ray Serve). "
-        "Docs at http://HOST:PORT/docs once running.",
-    )
+    parser = job_parser(prog, __doc__)
     parser.add_argument("--store", help="artifact store root (default: the config's store_root)")
     parser.add_argument("--host", default=None, help="bind address (default: the config's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")

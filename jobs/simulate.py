@@ -6,17 +6,15 @@ truth_rewrites, truth_turns, truth_routing; plus summary.json and world.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from raylib.job import Job, Outcome, entrypoint, to_json
+from raylib.job import Job, Outcome, entrypoint, log, parser
 from raylib.sim import PRESETS, simulate
 from raylib.sim.config import load_overrides
 
 
 def parse_args(argv, prog):
-    p = argparse.ArgumentParser(prog=prog or "python -m jobs.simulate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__)
     p.add_argument("--out", required=True, help="output directory or pyarrow.fs URI")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="world size (default: small)")
     p.add_argument("--seed", type=int, default=0, help="world seed: same seed, same files (default: 0)")
@@ -33,7 +31,7 @@ def main(argv=None, prog=None) -> Outcome:
     summary = simulate(job.out, args.preset, args.seed, load_overrides(args.config), args.traffic_seed)
     job.count_good(summary["n_interactions"] + summary["n_routing"])
     outcome = job.finish(summary)
-    print(to_json(outcome.summary))
+    log.info("%s", {k: outcome.summary[k] for k in ("n_interactions", "n_routing", "defect_rate")})
     return outcome
 
 

@@ -14,7 +14,6 @@ store as "embeddings", and writes OUT/summary.json, OUT/report.md and OUT/ablati
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
@@ -25,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from raylib.errors import UserError
-from raylib.job import Job, Outcome, ensure_ray, entrypoint, to_json
+from raylib.job import Job, Outcome, ensure_ray, entrypoint, log, parser
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
 from raylib.graph.downstream import defect_cross_entropy, edge_features, one_hot_features
@@ -41,8 +40,7 @@ ALL_MODELS = ["PinSage", "Revised PinSage", ONE_HOT, *[m for m in SPECS if m not
 
 
 def parse_args(argv, prog):
-    p = argparse.ArgumentParser(prog=prog or "python -m jobs.train_pdrfe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__)
     p.add_argument("--data", required=True, help="directory (or pyarrow.fs URI) holding interactions, customers, skills")
     p.add_argument("--out", required=True, help="output directory: summary.json, report.md, ablation.png, checkpoints")
     p.add_argument("--store", help="artifact store root for the 'embeddings' artifact (default: OUT/store)")
@@ -178,13 +176,14 @@ def main(argv=None, prog=None) -> Outcome:
         t0 = time.time()
         if name == ONE_HOT:
             ce[name] = defect_cross_entropy(one_hot_features(data)[rows], y, args.seed)
-            print(f"{name}: {ce[name]} ({time.time() - t0:.0f}s)", flush=True)
+            log.info("%s: cross-entropy %s (%.0f s)", name, ce[name], time.time() - t0)
             continue
         trained = fit(SPECS[name], data, cfg, args.num_workers, args.use_gpu, storage_path=job.train_storage)
         device = trained.metrics.get("device", device)
         training[name] = {k: trained.metrics[k] for k in ("loss", "loss_history", "edges_per_s", "edges_per_worker")}
         ce[name] = defect_cross_entropy(edge_features(trained.model, data)[rows], y, args.seed)
-        print(f"{name}: {ce[name]} loss {trained.metrics['loss_history']} ({time.time() - t0:.0f}s)", flush=True)
+        log.info("%s: cross-entropy %s, loss %s (%.0f s)", name, ce[name], trained.metrics["loss_history"],
+                 time.time() - t0)
         if name == args.publish_model:
             published = publish_embeddings(job.store, graph, data, trained, name,
                                            {"encoder": encoder.version, "dim": args.dim, "epochs": args.epochs,
@@ -214,7 +213,6 @@ def main(argv=None, prog=None) -> Outcome:
     }
     outcome = job.finish(summary, lambda final: markdown_report(final, "ablation.png"),
                          {"ablation.png": plot_ablation(ce)}, published_version=published)
-    print(to_json({k: outcome.summary[k] for k in ("cross_entropy", "edges", "customers", "skills", "seconds")}))
     return outcome
 
 

@@ -21,9 +21,11 @@ guard-rails (nothing published).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -43,6 +45,8 @@ from raylib.validate import quarantine, rejected_counts, validate
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
 COMMON_KEYS = ("input_rows", "rejected_rows", "rejected_by_reason", "published_version", "unreadable_files", "seconds")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+log = logging.getLogger("selflearn")
 # Unreadable input: a missing or unreadable path, a corrupt Parquet file.
 INPUT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, pa.ArrowInvalid)
 
@@ -78,6 +82,22 @@ def png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def parser(prog: str | None, doc: str) -> argparse.ArgumentParser:
+    """A job's argument parser: ``doc`` as its description and the common ``--log-level``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging threshold (default INFO)")
+    return p
+
+
+def configure_logging(argv: list[str]) -> None:
+    """Log through ``logging`` to stderr at the ``--log-level`` found in ``argv``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log-level", default="INFO", type=str.upper)
+    level = pre.parse_known_args(argv)[0].log_level
+    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def ensure_ray(**local) -> None:
@@ -191,10 +211,12 @@ class Job:
 
 def entrypoint(run: Callable[[list[str] | None, str | None], Outcome | int]) -> Callable[..., int]:
     """Wrap a job's ``run(argv, prog)`` into ``main(argv=None, prog=None) -> exit code``:
-    bad input ends as one ``error: ...`` line and exit code 2, never a traceback."""
+    logging configured from ``--log-level``; bad input ends as one ``error: ...`` line and
+    exit code 2, never a traceback; a finished job logs where its summary is."""
 
     @functools.wraps(run)
     def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+        configure_logging(sys.argv[1:] if argv is None else argv)
         try:
             result = run(argv, prog)
         except UserError as exc:
@@ -203,6 +225,10 @@ def entrypoint(run: Callable[[list[str] | None, str | None], Outcome | int]) -> 
         except INPUT_ERRORS as exc:
             print(f"error: cannot read input: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return result.exit_code if isinstance(result, Outcome) else int(result)
+        if not isinstance(result, Outcome):
+            return int(result)
+        log.info("exit %d; published %s; summary %s", result.exit_code, result.summary["published_version"],
+                 uri.join(result.out, "summary.json"))
+        return result.exit_code
 
     return main
