@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-pdrfe": ("jobs.train_pdrfe", "train PDRFE customer/skill embeddings and run defect prediction"),
     "train-policy": ("jobs.train_policy", "train the hybrid RP/LP routing policy, evaluate and guard-rail it"),
     "evaluate-policy": ("jobs.evaluate_policy", "off-policy evaluation of a published routing policy"),
+    "store": ("jobs.store", "list, show, roll back, enable or disable artifact versions in a store"),
     "serve": ("jobs.serve", "serve the rewrite lookup and the hybrid router on Ray Serve"),
     "demo": ("jobs.self_learning_loop", "the whole self-learning loop end to end on simulated traffic"),
 }

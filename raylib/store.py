@@ -24,8 +24,15 @@ at every step):
   leaves a directory without a manifest, which is ignored, and its version id is skipped
   by later publishes. The pointer itself is one object, and a single PUT is atomic.
 
-One publisher per artifact name at a time (jobs publish on a schedule); readers may run
-concurrently with a publish.
+Concurrent publishers. Each version number is claimed before it is written: the publisher
+creates ``<name>/.claims/<version>`` with a conditional create (``raylib.uri.create_exclusive``:
+O_EXCL on a local disk, S3's ``If-None-Match: *``), and of two publishers that pick the same
+number only one succeeds; the other takes the next number. So concurrent publishers never
+write into the same version and no version is ever overwritten. A claim whose publish
+crashed leaves its number unused. On a filesystem without a conditional create (GCS
+through pyarrow, or an explicit ``filesystem``) the claim is a check-then-write and one
+publisher per artifact at a time is the operator's job. Readers may run concurrently with
+any publish.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +54,7 @@ from raylib import uri
 
 LATEST = "LATEST"
 ENABLED = "ENABLED"
+CLAIMS = ".claims"
 MANIFEST = "_manifest.json"
 _VERSION = re.compile(r"v(\d{6,})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -111,6 +120,7 @@ class Store:
         self.root = root
         self.fs, base = uri.filesystem(root) if filesystem is None else (filesystem, root)
         self.base = base.rstrip("/")
+        self._conditional = filesystem is None  # root is a location raylib.uri can create exclusively
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -123,7 +133,7 @@ class Store:
         kinds = {key: _kind_of(key, value) for key, value in files.items()}
         directory = self._dir(name)
         self.fs.create_dir(directory, recursive=True)
-        version = _version_id(1 + max((_version_number(v) for v in self._listing(name)), default=0))
+        version = self._claim_next(name)
         tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
         self.fs.create_dir(tmp)
         try:
@@ -145,18 +155,22 @@ class Store:
         self._write_pointer(f"{directory}/{LATEST}", version)
         return version
 
-    def rollback(self, name: str) -> str:
-        """Point latest at the version before the current latest; returns that version."""
+    def rollback(self, name: str, to: str | None = None) -> str:
+        """Point latest at version ``to`` (default: the version before the current latest);
+        returns it. Everything that serves "latest" follows the pointer."""
         current = self.latest(name)
         if current is None:
             raise ArtifactNotFound(f"no artifact {name!r} in {self.root}")
         versions = self.versions(name)
-        position = versions.index(current)
-        if position == 0:
-            raise UserError(f"cannot roll back artifact {name!r}: {current} is its oldest version")
-        previous = versions[position - 1]
-        self._write_pointer(f"{self._dir(name)}/{LATEST}", previous)
-        return previous
+        if to is None:
+            position = versions.index(current)
+            if position == 0:
+                raise UserError(f"cannot roll back artifact {name!r}: {current} is its oldest version")
+            to = versions[position - 1]
+        elif to not in versions:
+            raise ArtifactNotFound(f"artifact {name!r} has no version {to!r} in {self.root} (versions: {', '.join(versions)})")
+        self._write_pointer(f"{self._dir(name)}/{LATEST}", to)
+        return to
 
     def set_enabled(self, name: str, flag: bool) -> None:
         """Turn the feature flag of artifact ``name`` on or off (serving reads ``enabled``)."""
@@ -215,6 +229,29 @@ class Store:
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.Directory and _VERSION.fullmatch(info.base_name)
         ]
+
+    def _claim_next(self, name: str) -> str:
+        """Claim the first version number above every version and claim of ``name``."""
+        claimed = pafs.FileSelector(f"{self._dir(name)}/{CLAIMS}", allow_not_found=True)
+        taken = self._listing(name) + [i.base_name for i in self.fs.get_file_info(claimed)
+                                        if _VERSION.fullmatch(i.base_name)]
+        number = 1 + max((_version_number(v) for v in taken), default=0)
+        while not self._claim(name, _version_id(number)):
+            number += 1
+        return _version_id(number)
+
+    def _claim(self, name: str, version: str) -> bool:
+        """Create the claim of ``version``; False when another publisher holds it."""
+        owner = json.dumps({"pid": os.getpid(), "id": uuid.uuid4().hex}).encode()
+        if self._conditional:
+            with contextlib.suppress(NotImplementedError):
+                return uri.create_exclusive(uri.join(self.root, name, CLAIMS, version), owner)
+        path = f"{self._dir(name)}/{CLAIMS}/{version}"
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            return False
+        self.fs.create_dir(f"{self._dir(name)}/{CLAIMS}", recursive=True)
+        self._write_file(path, owner)
+        return True
 
     def _write_file(self, path: str, value: pa.Table | dict | bytes) -> None:
         if isinstance(value, pa.Table):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -71,6 +72,47 @@ def write_bytes(location: str, data: bytes) -> str:
     if local:
         fs.move(target, path)
     return location
+
+
+def create_exclusive(location: str, data: bytes) -> bool:
+    """Create the file ``location`` holding ``data`` only if it does not exist yet: True when
+    this call created it, False when it was already there. Of concurrent callers exactly
+    one gets True: a local file is opened with O_EXCL; an S3 object is PUT with
+    ``If-None-Match: *`` (S3's conditional write, through boto3, at the endpoint the URI's
+    ``endpoint_override``/``scheme`` or ``AWS_ENDPOINT_URL`` names). Other filesystems
+    (pyarrow exposes no conditional write) raise NotImplementedError."""
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+    if fs.type_name == "s3":
+        return _s3_put_if_absent(location, fs, path, data)
+    raise NotImplementedError(f"no conditional create on {fs.type_name} ({location})")
+
+
+def _s3_put_if_absent(location: str, fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    query = parse_qs(urlsplit(location).query)
+    override = query.get("endpoint_override", [None])[0]
+    scheme = query.get("scheme", ["https"])[0]
+    endpoint = f"{scheme}://{override}" if override else os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+        "AWS_ENDPOINT_URL")
+    bucket, key = path.split("/", 1)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=query.get("region", [fs.region])[0])
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
 
 
 def write_text(location: str, text: str) -> str:

@@ -145,7 +145,8 @@ def test_failure_mid_publish_keeps_previous_latest_and_leaves_nothing(tmp_path):
     with pytest.raises(TypeError, match="not JSON serializable"):
         store.publish(NAME, {"table": run_files(2)["table"], "config": {"bad": object()}})
     assert store.latest(NAME) == v1 and store.versions(NAME) == [v1]
-    assert sorted(os.listdir(tmp_path / NAME)) == ["LATEST", v1]  # the temporary directory is gone
+    assert sorted(os.listdir(tmp_path / NAME)) == [".claims", "LATEST", v1]  # the temporary directory is gone
+    assert sorted(os.listdir(tmp_path / NAME / ".claims")) == [v1, "v000002"]  # the failed publish's number stays used
     v2 = store.publish(NAME, run_files(2), metadata={"run": 2})
     assert store.latest(NAME) == v2 and store.versions(NAME) == [v1, v2]
     assert_complete(store, v1)
@@ -284,3 +285,63 @@ def test_feature_flags_default_on_per_artifact_and_persist(tmp_path):
     assert not store.enabled("policy") and store.latest("policy") is None
     store.set_enabled("rewrites", True)
     assert store.enabled("rewrites") and not store.enabled("policy")
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys, time
+    import pyarrow as pa
+    from raylib.store import Store
+
+    root, who, runs, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    store = Store(root)
+    time.sleep(max(0.0, start - time.time()))  # both publishers begin together
+    for run in range(runs):
+        store.publish("rewrites", {"table": pa.table({"who": [who] * (run + 1)}), "config": {"who": who, "run": run}},
+                      metadata={"who": who, "run": run})
+    """
+)
+
+
+def publish_concurrently(root: str, runs: int = 6) -> list[tuple[str, int]]:
+    """Two publisher processes publishing ``runs`` versions each at the same time; returns
+    (publisher, run) of every version, in version order, after checking each is intact."""
+    import time
+
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, root, who, str(runs), str(start)], stderr=subprocess.PIPE,
+                              text=True) for who in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    store = Store(root)
+    seen = []
+    for version in store.versions(NAME):
+        art = store.load(NAME, version)
+        who, run = art.metadata["who"], art.metadata["run"]
+        assert art.json("config") == {"who": who, "run": run}  # files and manifest of one publish
+        assert art.table("table")["who"].to_pylist() == [who] * (run + 1)
+        seen.append((who, run))
+    return seen
+
+
+def test_two_publishers_at_once_on_a_local_disk(tmp_path):
+    seen = publish_concurrently(str(tmp_path / "store"))
+    assert sorted(seen) == [(w, r) for w in ("a", "b") for r in range(6)]  # every publish kept, none overwritten
+    assert Store(str(tmp_path / "store")).versions(NAME) == [f"v{i:06d}" for i in range(1, 13)]
+
+
+def test_two_publishers_at_once_on_s3(s3):
+    seen = publish_concurrently(s3.uri("store"))
+    assert sorted(seen) == [(w, r) for w in ("a", "b") for r in range(6)]
+    claims = [k for k in s3.keys("store/rewrites/.claims/")]
+    assert len(claims) == len(set(claims)) >= 12
+
+
+def test_rollback_to_a_named_version_moves_latest(tmp_path):
+    store = Store(str(tmp_path))
+    versions = [store.publish(NAME, run_files(run), metadata={"run": run}) for run in (1, 2, 3)]
+    assert store.rollback(NAME, to=versions[0]) == versions[0] and Store(str(tmp_path)).latest(NAME) == versions[0]
+    with pytest.raises(ArtifactNotFound, match="no version 'v000009'"):
+        store.rollback(NAME, to="v000009")
+    assert store.publish(NAME, run_files(4), metadata={"run": 4}) == "v000004"  # numbering continues past the pointer
