@@ -34,6 +34,10 @@ def demo(out, config, **popen):
                             text=True, start_new_session=True, **popen)
 
 
+def strict_json(constant):
+    raise AssertionError(f"summary.json holds {constant}: not strict JSON")
+
+
 def test_demo_resumes_after_a_kill_and_reports(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
@@ -57,9 +61,10 @@ def test_demo_resumes_after_a_kill_and_reports(tmp_path):
     assert "simulate: reused" in output and "mine-rewrites: reused" in output
     assert f"report: {out / 'report.md'}" in output
 
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=strict_json)
     assert {"simulate", "mine-rewrites"} <= set(summary["stages"]["reused"])
     assert "simulate" not in summary["stages"]["ran"] and "round-2" in summary["stages"]["ran"]
+    assert not set(summary["stages"]["ran"]) & set(summary["stages"]["reused"])
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for r in rounds:
@@ -69,6 +74,9 @@ def test_demo_resumes_after_a_kill_and_reports(tmp_path):
     assert summary["defect_rate_after"] == rounds[-1]["defect_rate"]
     assert rounds[1]["rewrites_version"] is not None  # rewrites served from round 1
     assert rounds[1]["policy_version"] == "v000001" and rounds[2]["policy_version"] == "v000002"  # /v1/route
+    assert summary["initial"]["policy"]["version"] == "v000001"  # the job's published_version
+    assert summary["refreshes"][0]["policy"]["version"] == "v000002"
+    assert summary["initial"]["rewrites"]["version"] == rounds[1]["rewrites_version"]
 
     store = Store(str(out / "store"))
     for name in ("rewrites", "embeddings", "policy", "decisions", "loop_report"):

@@ -9,11 +9,15 @@
   higher (losses floored at 1 so the ratio stays finite; both counts are reported).
 * ``coverage``: share of ``truth_rewrites`` rows (systematically defective source
   utterances) that received a correct rewrite, by rows and weighted by their traffic.
-* ``replay``: held-out traffic (new traffic of the same world) served with and without
-  the table; expected defect rate overall and on the turns the table rewrites.
+* ``defect_rates``: expected defect rate of the requests users make in a traffic sample
+  (first attempts and follow-ups; see its docstring), as spoken and with served rewrites.
+* ``replay``: ``defect_rates`` of held-out traffic (new traffic of the same world) served
+  with and without the table, overall and on the requests the table rewrites.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +26,7 @@ import pyarrow.compute as pc
 from raylib.schema import normalize_utterance
 
 _TURN_KEYS = ["customer_id", "device_id", "timestamp"]
+REQUEST_TURNS = ("first", "followup")  # truth_turns.turn_kind of the requests users make
 
 
 def intended_turns(interactions: pa.Table, truth_turns: pa.Table) -> pa.Table:
@@ -80,32 +85,60 @@ def quality(table: pa.Table, world, turns: pa.Table, truth_rewrites: pa.Table) -
     }
 
 
-def replay(table: pa.Table, world, heldout_turns: pa.Table) -> dict:
-    """Expected defect rate of held-out traffic with and without serving ``table``."""
-    turns = heldout_turns.filter(pc.invert(pc.is_in(pc.utf8_lower(heldout_turns.column("intent")),
-                                                    value_set=pa.array(["stopintent", "cancelintent"]))))
-    lookup = dict(zip(table.column("utterance").to_pylist(), table.column("rewrite").to_pylist()))
-    pairs = turns.group_by(["utterance", "intended_interpretation"]).aggregate([("turn_kind", "count")])
-    utts = pairs.column("utterance").to_pylist()
-    want = pairs.column("intended_interpretation").to_pylist()
+def defect_rates(world, turns: pa.Table, rewrite: Callable[[list[str]], list[str | None]] | None = None) -> dict:
+    """Expected defect rate of the requests users make among ``turns`` (``intended_turns``
+    rows), as spoken and with ``rewrite`` serving them.
+
+    Population: the turns whose ``turn_kind`` is in ``REQUEST_TURNS``, the first attempt
+    at a request and a follow-up (a new request after a success). Left out: rephrases
+    after a defect (``rephrase_good``, ``rephrase_bad``, the ``generic`` fallback), which
+    repeat a request already counted and are the rewrite chain's evidence, their number
+    driven by the defects before them; and ``interjection`` turns ("stop", "cancel"),
+    which are not requests. Every such turn weighs one.
+
+    A request's defect rate is ``world.defect_probability`` of the text the NLU receives
+    with the interpretation its speaker meant; ``rewrite`` maps distinct (normalized)
+    utterances to their served rewrite (None: sent as spoken; ``rewrite=None``: nothing
+    is rewritten). A request is rewritten when its served text differs from what was said.
+
+    Returns ``requests``, ``rewritten_requests`` and the mean defect rate ``without`` and
+    ``with`` the rewrites over all requests (``defect_rate_*``) and over the rewritten
+    ones (``rewritten_defect_rate_*``); a rate over no requests is None.
+    """
+    asked = turns.filter(pc.is_in(turns.column("turn_kind"), value_set=pa.array(REQUEST_TURNS)))
+    pairs = asked.group_by(["utterance", "intended_interpretation"]).aggregate([("turn_kind", "count")])
+    said = pairs.column("utterance").to_pylist()
+    meant = pairs.column("intended_interpretation").to_pylist()
     n = pairs.column("turn_kind_count").to_numpy().astype(np.float64)
-    served = [lookup.get(u, u) for u in utts]
-    hit = np.array([u in lookup for u in utts], dtype=bool)
-    before = world.defect_probability(utts, want)
-    after = before.copy()
+    served = rewrite(said) if rewrite is not None else [None] * len(said)
+    hit = np.array([r is not None and r != u for u, r in zip(said, served)], dtype=bool)
+    without = world.defect_probability(said, meant)
+    with_ = without.copy()
     if hit.any():
-        after[hit] = world.defect_probability([s for s, h in zip(served, hit) if h],
-                                              [w for w, h in zip(want, hit) if h])
-    rate = lambda p, m: float((p * n * m).sum() / (n * m).sum()) if (n * m).sum() else None  # noqa: E731
+        rows = np.flatnonzero(hit)
+        with_[rows] = world.defect_probability([served[i] for i in rows], [meant[i] for i in rows])
+
+    def rate(p: np.ndarray, rows: np.ndarray) -> float | None:
+        return float((p[rows] * n[rows]).sum() / n[rows].sum()) if n[rows].sum() else None
+
     every = np.ones(len(n), dtype=bool)
-    out = {
-        "heldout_turns": int(n.sum()),
-        "rewritten_turns": int(n[hit].sum()),
-        "defect_rate_without": rate(before, every),
-        "defect_rate_with": rate(after, every),
-        "rewritten_defect_rate_without": rate(before, hit),
-        "rewritten_defect_rate_with": rate(after, hit),
+    return {
+        "requests": int(n.sum()),
+        "rewritten_requests": int(n[hit].sum()),
+        "defect_rate_without": rate(without, every),
+        "defect_rate_with": rate(with_, every),
+        "rewritten_defect_rate_without": rate(without, hit),
+        "rewritten_defect_rate_with": rate(with_, hit),
     }
+
+
+def replay(table: pa.Table, world, heldout_turns: pa.Table) -> dict:
+    """``defect_rates`` of held-out traffic (``intended_turns`` rows) with and without
+    serving ``table``: the requests users make, overall and on those the table rewrites
+    (``heldout_turns`` / ``rewritten_turns`` count them), and the relative reductions."""
+    lookup = dict(zip(table.column("utterance").to_pylist(), table.column("rewrite").to_pylist()))
+    rates = defect_rates(world, heldout_turns, lambda said: [lookup.get(u) for u in said])
+    out = {"heldout_turns": rates.pop("requests"), "rewritten_turns": rates.pop("rewritten_requests"), **rates}
     for scope in ("", "rewritten_"):
         b, a = out[f"{scope}defect_rate_without"], out[f"{scope}defect_rate_with"]
         out[f"{scope}defect_reduction"] = (1.0 - a / b) if b else None

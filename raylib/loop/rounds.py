@@ -1,0 +1,221 @@
+"""Rounds of held-out traffic through the served system, and what each round measures.
+
+Round 0 is the system before self-learning: no rewrites, the simulator's logging router.
+Round r >= 1 serves a rewrite table and a policy through the Serve application (HTTP
+only) and writes its decisions, joined with the simulator's rewards, as training data for
+the next policy. Every round measures, on held-out traffic of the same world:
+
+* the expected defect rate of the requests users make, with and without the served
+  rewrites (``raylib.rewrite.evaluate.defect_rates``: first attempts and follow-ups);
+* ``true_reward``: the true value of the served routing policy on one fixed evaluation set
+  of ``eval_requests`` requests (``raylib.routing.assess.true_value``), the same set every
+  round, so rounds compare policies and not request samples;
+* ``served_reward``: the true value of the distributions the router logged with the
+  round's own decisions (``raylib.routing.assess.logging_true_value``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raylib import uri
+from raylib.errors import UserError
+from raylib.job import log
+from raylib.loop.service import Service, route_bodies
+from raylib.loop.settings import LoopSettings
+from raylib.loop.stages import Stages
+from raylib.rewrite.evaluate import defect_rates, intended_turns
+from raylib.routing.assess import logging_true_value, true_value
+from raylib.routing.data import prepare
+from raylib.schema import FEEDBACK, ROUTING_LOG
+from raylib.sim import World, simulate
+from raylib.store import Store
+from raylib.validate import quarantine
+
+# (store_root, decision_log_dir, admin_token) -> base URL of the deployed Serve application
+DeployService = Callable[[str, str, str], str]
+# Seed offsets from the world seed: each round's traffic, its routing requests, the evaluation set.
+TRAFFIC_SEED, ROUTING_SEED, EVALUATION_SEED = 1000, 5000, 7000
+LOGGING_POLICY = "sim-logging"  # the policy_version of rounds routed by the simulator's logging policy
+
+
+def round_defect_rates(rates: dict) -> dict:
+    """A round's defect figures from ``defect_rates``: the rate of the requests as served
+    (``defect_rate``) and as spoken, and the share of requests served a rewrite."""
+    requests = rates["requests"]
+    return {"defect_rate": rates["defect_rate_with"], "defect_rate_without_rewrites": rates["defect_rate_without"],
+            "rewritten_share": rates["rewritten_requests"] / requests if requests else None, "requests": requests}
+
+
+class Rounds:
+    """The loop's rounds under ``out``: traffic in ``out/data/round-<r>``, decisions in
+    ``out/rounds/round-<r>``, the router's decision log in ``out/decision_log``. The world
+    is the one simulated in ``train_dir``; ``deploy_service`` starts the Serve application
+    on the first served round."""
+
+    def __init__(self, out: str, settings: LoopSettings, store: Store, stages: Stages, train_dir: str,
+                 deploy_service: DeployService):
+        self.out = out
+        self.s = settings
+        self.store = store
+        self.stages = stages
+        self.train_dir = train_dir
+        self.deploy_service = deploy_service
+        self.params = asdict(settings)
+        self.decision_log_dir = self.path("decision_log")
+        self.service: Service | None = None
+        self._world: World | None = None
+        self._evaluation_set: tuple[pa.Table, pa.Table] | None = None
+
+    def path(self, *parts: str) -> str:
+        return uri.join(self.out, *parts)
+
+    @property
+    def world(self) -> World:
+        if self._world is None:
+            self._world = World.from_dir(self.train_dir)
+        return self._world
+
+    def close(self) -> None:
+        """Close the HTTP client; the Serve application stays up (its deployer shuts it down)."""
+        if self.service is not None:
+            self.service.close()
+
+    # -- measurements --
+
+    def true_reward(self, policy_version: str | None) -> float:
+        """True value of the routing policy ``policy_version`` (None: the simulator's logging
+        policy) on the fixed evaluation set."""
+        from raylib.routing.hybrid import HybridPolicy  # torch: only once a policy is served
+
+        if self._evaluation_set is None:
+            self._evaluation_set = self.world.routing(self.s.eval_requests, seed=self.s.seed + EVALUATION_SEED)
+        requests, truth = self._evaluation_set
+        if policy_version is None:
+            return logging_true_value(requests, truth)
+        policy = HybridPolicy.from_artifact(self.store.load("policy", policy_version))
+        return true_value(policy.padded_distribution(requests)[0], truth)
+
+    def traffic(self, rnd: int) -> str:
+        """Held-out traffic of round ``rnd``: the same world, a new traffic seed."""
+        directory = self.path("data", f"round-{rnd}")
+        self.stages.run(f"round-{rnd}-traffic", self.params, lambda: simulate(
+            directory, self.s.preset, self.s.seed, self.s.world_overrides(), self.s.seed + TRAFFIC_SEED + rnd))
+        return directory
+
+    def request_defect_rates(self, rnd: int, rewrite: Callable[[list[str]], list[str | None]] | None) -> dict:
+        """``round_defect_rates`` of round ``rnd``'s traffic with ``rewrite`` serving it."""
+        traffic = self.traffic(rnd)
+        interactions = uri.read_table(traffic, "interactions", ["customer_id", "device_id", "timestamp", "utterance",
+                                                                "intent"])
+        turns = intended_turns(interactions, uri.read_table(traffic, "truth_turns"))
+        if turns.num_rows != interactions.num_rows:
+            raise UserError(f"{traffic}: truth_turns does not match interactions one to one")
+        return round_defect_rates(defect_rates(self.world, turns, rewrite))
+
+    # -- rounds --
+
+    def baseline(self) -> dict:
+        """Round 0: no rewrites, the simulator's logging router."""
+        def work():
+            routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + ROUTING_SEED)
+            return {"round": 0, **self.request_defect_rates(0, None), "true_reward": self.true_reward(None),
+                    "served_reward": logging_true_value(routed, truth), "policy_version": LOGGING_POLICY,
+                    "rewrites_version": None, "served_through": "simulator logging policy"}
+
+        return self.stages.run("round-0", self.params, work)
+
+    def served(self, rnd: int, rewrites_version: str | None, policy_version: str | None) -> dict:
+        """Round ``rnd`` through the Serve endpoints; its decisions joined with their
+        feedback are written under OUT/rounds/round-<rnd> and published as ``decisions``."""
+        def work():
+            svc = self.serving(rewrites_version, policy_version)
+            rates = self.request_defect_rates(rnd, svc.rewrite)
+            return {"round": rnd, **rates, **self.route(svc, rnd, policy_version),
+                    "true_reward": self.true_reward(policy_version), "rewrites_version": rewrites_version}
+
+        return self.stages.run(f"round-{rnd}", {**self.params, "rewrites": rewrites_version,
+                                                "policy": policy_version}, work)
+
+    def route(self, svc: Service, rnd: int, policy_version: str | None) -> dict:
+        """Simulated requests decided by POST /v1/route (by the simulator's logging policy
+        while no policy has passed its guard-rails); the simulator draws each reward from the
+        chosen candidate's true expected reward and it reaches the log as feedback."""
+        directory = self.path("rounds", f"round-{rnd}")
+        seed = self.s.seed + ROUTING_SEED + rnd
+        feedback = None
+        if policy_version is None:
+            decisions, truth = self.world.routing(self.s.route_requests, seed=seed)
+        else:
+            responses: list[dict] = []
+
+            def served_policy(requests: pa.Table):
+                decided = svc.route(route_bodies(requests))
+                responses.extend(decided)
+                return np.array([r["action"] for r in decided]), np.array([r["propensity"] for r in decided]), None
+
+            routed, truth = self.world.routing(self.s.route_requests, seed=seed, policy=served_policy)
+            ids = pa.array([r["request_id"] for r in responses], pa.string())
+            feedback = pa.table({"request_id": ids, "reward": routed["reward"]}, schema=FEEDBACK)
+            truth = truth.set_column(truth.schema.get_field_index("request_id"), "request_id", ids)
+            decisions = self.decision_rows(ids)
+            if decisions.num_rows != len(ids):
+                raise UserError(f"round {rnd}: {decisions.num_rows} of {len(ids)} decisions reached the log")
+            uri.write_table(feedback, directory, "feedback")
+        data = prepare(decisions, feedback, truth)  # validated, feedback joined, unrewarded rows set aside
+        quarantine(data.rejected, directory)
+        uri.write_table(data.log, directory, "routing_log")
+        uri.write_table(truth, directory, "truth_routing")
+        version = self.store.publish("decisions", {"routing_log": data.log, "truth_routing": truth},
+                                     metadata={"round": rnd, "policy_version": policy_version})
+        return {"served_reward": logging_true_value(data.log, data.truth) if data.log.num_rows else None,
+                "policy_version": policy_version or LOGGING_POLICY, "mean_reward": pc.mean(data.log["reward"]).as_py(),
+                "decisions": data.log.num_rows, "rejected": data.rejected.num_rows, "unrewarded": data.n_unrewarded,
+                "decisions_version": version,
+                "served_through": "POST /v1/route" if policy_version else "simulator logging policy"}
+
+    def decision_rows(self, ids: pa.Array, timeout_s: float = 120.0) -> pa.Table:
+        """The rows of ``ids`` in the router's decision log (reward null: it comes as
+        feedback), read back once the router's writer has flushed them (within its
+        ``decision_log_max_age_s``) or ``timeout_s`` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                log_table = uri.read_table(self.decision_log_dir, "routing_log")
+                rows = log_table.filter(pc.is_in(log_table["request_id"], ids))
+            except FileNotFoundError:
+                rows = ROUTING_LOG.empty_table()
+            if rows.num_rows >= len(ids) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.5)
+
+    def learning_data(self, rnd: int) -> str:
+        """Every decision log so far (the simulator's log + rounds 1..rnd), each row with the
+        propensity it was logged with, as one contract-table directory for train_policy."""
+        directory = self.path("data", f"learn-{rnd}")
+        sources = [self.train_dir] + [self.path("rounds", f"round-{k}") for k in range(1, rnd + 1)]
+        for table in ("routing_log", "truth_routing"):
+            for part, src in enumerate(sources):
+                uri.write_table(uri.read_table(src, table), directory, table, part)
+        return directory
+
+    def serving(self, rewrites_version: str | None, policy_version: str | None) -> Service:
+        """The Serve application (deployed on first use) serving these versions."""
+        if self.service is None:
+            log.info("serve: deploying the Serve application")
+            token = secrets.token_urlsafe(24)
+            self.service = Service(self.deploy_service(self.store.root, self.decision_log_dir, token), token)
+            log.info("serve: up at %s", self.service.url)
+        served = self.service.versions()
+        for artifact, version in (("rewrites", rewrites_version), ("policy", policy_version)):
+            if version is not None and served[artifact]["version"] != version:
+                log.info("serve: reload %s -> %s (POST /v1/admin/reload)", artifact, version)
+                self.service.reload(artifact, version)
+        return self.service
