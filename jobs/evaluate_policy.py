@@ -17,6 +17,8 @@ from raylib.errors import UserError
 from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint, log, parser
 from raylib.routing.data import read_routing
 
+JOB = "evaluate-policy"
+
 
 def parse_args(argv, prog):
     p = parser(prog, __doc__)
@@ -47,7 +49,7 @@ def main(argv=None, prog=None) -> Outcome:
     from raylib.routing.train import TrainSettings
 
     rails = GuardRails.from_yaml(args.guardrails)
-    job = Job(args.out, args.store)
+    job = Job.from_args(JOB, args)
     if job.store.latest("policy") is None:
         raise UserError(f"no published policy in store {job.store}")
     artifact = job.store.load("policy", args.version)

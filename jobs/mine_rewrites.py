@@ -21,6 +21,8 @@ from raylib.rewrite.mining import Mined, MiningParams, mine_local
 from raylib.rewrite.publish import ARTIFACT, publish_rewrites
 from raylib.rewrite.report import render_report
 
+JOB = "mine-rewrites"
+
 
 def _parser(prog: str | None):
     p = parser(prog, __doc__)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
     params = _params(args)
     if args.heldout and not args.truth:
         raise UserError("--heldout needs --truth (the world the held-out traffic comes from)")
-    job = Job(args.out, args.store)
+    job = Job.from_args(JOB, args)
     mined = (_mine_ray if args.engine == "ray" else _mine_local)(job, args.data, params)
     stages = mined.stage_counts()
     version, merged = publish_rewrites(

@@ -12,6 +12,8 @@ from raylib.job import Job, Outcome, entrypoint, log, parser
 from raylib.sim import PRESETS, simulate
 from raylib.sim.config import load_overrides
 
+JOB = "simulate"
+
 
 def parse_args(argv, prog):
     p = parser(prog, __doc__)
@@ -27,7 +29,7 @@ def parse_args(argv, prog):
 @entrypoint
 def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
-    job = Job(args.out)
+    job = Job.from_args(JOB, args)
     summary = simulate(job.out, args.preset, args.seed, load_overrides(args.config), args.traffic_seed)
     job.count_good(summary["n_interactions"] + summary["n_routing"])
     outcome = job.finish(summary)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import sys
 
-import pyarrow.fs as pafs
-
 from raylib import uri
 from raylib.job import entrypoint, parser
-from raylib.store import CLAIMS, Store
+from raylib.store import Store
 
 
 def _parse(argv, prog):
@@ -37,18 +35,10 @@ def _parse(argv, prog):
     return p.parse_args(argv)
 
 
-def artifacts(store: Store) -> list[str]:
-    """Names of the artifacts under the store root."""
-    fs, path = uri.filesystem(store.root)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name != CLAIMS
-                  and not i.base_name.startswith("."))
-
-
 def listing(store: Store, name: str | None) -> dict:
     if name is None:
         return {n: {"latest": store.latest(n), "versions": len(store.versions(n)), "enabled": store.enabled(n)}
-                for n in artifacts(store)}
+                for n in store.names()}
     latest = store.latest(name)
     return {"name": name, "latest": latest, "enabled": store.enabled(name),
             "versions": [{"version": v, "created_at": store.load(name, v).created_at, "latest": v == latest}

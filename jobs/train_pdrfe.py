@@ -35,6 +35,8 @@ from raylib.graph.train import TrainConfig, fit
 from raylib.schema import vector_column
 from raylib.store import Store
 
+JOB = "train-pdrfe"
+
 ONE_HOT = "Raw one-hot"
 ALL_MODELS = ["PinSage", "Revised PinSage", ONE_HOT, *[m for m in SPECS if m not in ("PinSage", "Revised PinSage")]]
 
@@ -154,7 +156,7 @@ def hyperparameter_notes(args) -> list[str]:
 def main(argv=None, prog=None) -> Outcome:
     args = parse_args(argv, prog)
     torch.set_num_threads(args.torch_threads)
-    job = Job(args.out, args.store)
+    job = Job.from_args(JOB, args)
     tables = {name: job.read(args.data, name) for name in ("interactions", "customers", "skills")}
     graph = build_graph(tables["interactions"], tables["customers"], tables["skills"])
 

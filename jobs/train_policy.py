@@ -27,6 +27,8 @@ from raylib.errors import UserError
 from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint, log, parser
 from raylib.routing.data import read_routing
 
+JOB = "train-policy"
+
 
 def parse_args(argv, prog):
     p = parser(prog, __doc__)
@@ -56,6 +58,9 @@ def parse_args(argv, prog):
         help="retrain the RP on the deployed policy every N refreshes (default 1; 0: keep the first RP)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--registered-model", default="selflearn-policy",
+                   help="with tracking on: the MLflow registered model a released policy joins (default selflearn-policy)")
+    p.add_argument("--alias", default="production", help="MLflow alias moved to a released policy (default production)")
     args = p.parse_args(argv)
     for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "refresh_rp_every", "num_workers"):
         if getattr(args, name) < 0:
@@ -118,7 +123,7 @@ def main(argv=None, prog=None) -> Outcome:
     from raylib.routing.report import charts, render_report
 
     rails = GuardRails.from_yaml(args.guardrails)
-    job = Job(args.out, args.store)
+    job = Job.from_args(JOB, args)
     data = read_routing(job, args.data, min_rows=30)
     store = job.store
     current_version = store.latest("policy")
@@ -152,13 +157,15 @@ def main(argv=None, prog=None) -> Outcome:
     }
     summary["refresh"] = run_refreshes(args, settings, rails) if args.refresh_rounds else None
     passed = result["decision"]["status"] == "pass"
-    published = None
+    published, register = None, None
     if passed:
         meta = {"decision": result["decision"]["status"], "ope": result["ope"], "lp_only": args.lp_only, **refresh.policy.info}
         published = store.publish("policy", refresh.policy.to_files(), metadata=meta)
+        art = store.load("policy", published)
+        register = (args.registered_model, args.alias, {art.files[k]["file"]: art.bytes(k) for k in art.keys()})
     title = "Hybrid routing policy: training and pre-deployment evaluation"
     outcome = job.finish(summary, lambda final: render_report(final, title), charts(summary), published,
-                         EXIT_OK if passed else EXIT_REJECTED)
+                         EXIT_OK if passed else EXIT_REJECTED, register)
     log.info("guard-rails: %s", result["decision"]["status"])
     return outcome
 

@@ -85,9 +85,13 @@ def png(fig) -> bytes:
 
 
 def parser(prog: str | None, doc: str) -> argparse.ArgumentParser:
-    """A job's argument parser: ``doc`` as its description and the common ``--log-level``."""
+    """A job's argument parser: ``doc`` as its description, the common ``--log-level`` and
+    the experiment-tracking options (``raylib.tracking``)."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging threshold (default INFO)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="MLflow tracking server: log this run there (default: $MLFLOW_TRACKING_URI; none: off)")
+    p.add_argument("--experiment", default="selflearn", help="MLflow experiment (default selflearn)")
     return p
 
 
@@ -120,15 +124,24 @@ class Outcome:
 
 
 class Job:
-    """One run of a job writing under ``out``; see the module docstring."""
+    """One run of a job writing under ``out``; see the module docstring. ``name``, ``params``
+    and ``tracking`` ((tracking URI, experiment) or None) are for experiment tracking."""
 
-    def __init__(self, out: str, store: str | None = None):
+    def __init__(self, out: str, store: str | None = None, name: str = "job", params: dict | None = None,
+                 tracking: tuple[str, str] | None = None):
         self.out = uri.absolute(out)
         self.store = Store(uri.absolute(store) if store else uri.join(self.out, "store"))
+        self.name, self.params, self.tracking = name, params or {}, tracking
         self.started = time.monotonic()
         self.good_rows = 0
         self.unreadable_files: list[dict] = []
         uri.delete_dir(self.path("rejected"))  # bad rows of an earlier run in the same --out are not ours
+
+    @classmethod
+    def from_args(cls, name: str, args: argparse.Namespace) -> "Job":
+        """The job a parsed command line (``parser``'s options, ``--out``, ``--store``) describes."""
+        tracking = (args.tracking_uri, args.experiment) if getattr(args, "tracking_uri", None) else None
+        return cls(args.out, getattr(args, "store", None), name, vars(args), tracking)
 
     def path(self, *parts: str) -> str:
         """A location under ``--out``."""
@@ -188,9 +201,12 @@ class Job:
         return uri.write_bytes(self.path(name), data.encode() if isinstance(data, str) else data)
 
     def finish(self, summary: dict, report: Callable[[dict], str] | None = None, plots: dict[str, bytes] | None = None,
-               published_version: str | None = None, exit_code: int = EXIT_OK) -> Outcome:
+               published_version: str | None = None, exit_code: int = EXIT_OK,
+               register: tuple[str, str, dict[str, bytes]] | None = None) -> Outcome:
         """Write ``summary.json`` (``summary`` with the common keys added), ``report.md``
-        (``report(summary)`` of that final summary) and ``plots`` (file name -> PNG bytes)."""
+        (``report(summary)`` of that final summary) and ``plots`` (file name -> PNG bytes);
+        with tracking on, log the run (``register``: (model, alias, files) of a released
+        policy) and record its run id, or the error that stopped it, under ``tracking``."""
         reasons = self.rejected_by_reason()
         summary = strict({
             **summary,
@@ -201,12 +217,31 @@ class Job:
             "unreadable_files": self.unreadable_files,
             "seconds": round(time.monotonic() - self.started, 1),
         })
-        for name, data in (plots or {}).items():
-            self.write(name, data)
+        files = dict(plots or {})
         if report is not None:
-            self.write("report.md", report(summary))
-        self.write("summary.json", to_json(summary))
+            files["report.md"] = report(summary).encode()
+        if self.tracking is not None:
+            summary["tracking"] = self._track(summary, files, exit_code, register)
+        files["summary.json"] = to_json(summary).encode()
+        for name, data in files.items():  # summary.json last: its presence means the job finished
+            self.write(name, data)
         return Outcome(summary, exit_code, self.out)
+
+    def _track(self, summary: dict, files: dict[str, bytes], exit_code: int, register) -> dict:
+        from raylib.tracking import track
+
+        tags = {"exit_code": str(exit_code), "published_version": str(summary["published_version"]),
+                "store": self.store.root, **{f"store.{n}": str(self.store.latest(n)) for n in self.store.names()}}
+        if isinstance(summary.get("decision"), dict):
+            tags["guardrails"] = str(summary["decision"].get("status"))
+        uri_, experiment = self.tracking
+        try:
+            run_id = track(uri_, experiment, self.name, self.params, summary,
+                           {**files, "summary.json": to_json(summary).encode()}, tags, register)
+        except Exception as exc:  # the job's work is done and published: report, do not fail it
+            log.error("experiment tracking at %s failed: %s", uri_, exc)
+            return {"uri": uri_, "error": str(exc)}
+        return {"uri": uri_, "experiment": experiment, "run_id": run_id}
 
 
 def entrypoint(run: Callable[[list[str] | None, str | None], Outcome | int]) -> Callable[..., int]:

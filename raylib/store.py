@@ -179,6 +179,11 @@ class Store:
 
     # ---- reading --------------------------------------------------------------------------
 
+    def names(self) -> list[str]:
+        """The artifact names under the root."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME.fullmatch(i.base_name))
+
     def versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest to newest ([] for an unknown name)."""
         candidates = sorted(self._listing(name), key=_version_number)
