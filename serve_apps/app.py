@@ -27,14 +27,7 @@ def build(args: dict) -> Application:
             "max_batch_size": settings.router_max_batch_size,
             "batch_wait_timeout_s": settings.router_batch_wait_timeout_s,
         }
-    ).bind(
-        settings.store_root,
-        settings.policy_name,
-        settings.decision_log_dir,
-        settings.decision_log_max_rows,
-        settings.decision_log_max_age_s,
-        settings.seed,
-    )
+    ).bind(settings.model_dump())
     return Ingress.bind(lookup, router, settings.model_dump())
 
 

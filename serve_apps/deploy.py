@@ -76,7 +76,7 @@ def serve_config(base: dict, args: dict, host: str | None = None, port: int | No
     if app is None:
         raise UserError(f"the config has no application named {APP_NAME!r}")
     merged = {**(app.get("args") or {}), **args}
-    for key in ("store_root", "decision_log_dir"):
+    for key in ("store_root", "decision_log_dir", "decision_log_spill_dir"):
         if merged.get(key) and "://" not in merged[key]:
             merged[key] = os.path.abspath(merged[key])
     try:

@@ -8,6 +8,9 @@ and decided with one vectorized ``HybridPolicy.decide`` call. Every decision get
 propensity, full mixture distribution and the policy version, off the request path.
 A version swap loads the new policy off the event loop and replaces it with one
 assignment; a batch decides with the policy it started with, and logs that version.
+Metrics (``serve_apps.metrics``): decisions per intent and per model that acted (``decided_by``
+of ``HybridPolicy.decide``) and the propensities, recorded once per batch; the served policy
+version, re-set every ``REPORT_S``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import datetime as dt
 import uuid
 import zlib
+from collections import Counter
 
 import numpy as np
 from ray import serve
@@ -23,7 +27,28 @@ from ray import serve
 from raylib.routing.hybrid import HybridPolicy
 from raylib.store import Store
 from serve_apps.decision_log import DecisionLogWriter, decision_rows
-from serve_apps.settings import autoscaling
+from serve_apps.metrics import instruments, report_every, version_number
+from serve_apps.settings import ServeSettings, autoscaling
+
+OTHER_INTENT = "other"
+
+
+def _confidence(candidate: dict) -> float:
+    return candidate["nlu_confidence"]
+
+
+def intent_label(request: dict, known: frozenset[str]) -> str:
+    """The metric label of a request's segment: the intent of its highest-confidence
+    candidate (the first one on ties, as ``raylib.routing.features.top_intents``), or
+    ``other`` when the policy does not know that intent, so that clients cannot create
+    label values."""
+    intent = max(request["candidates"], key=_confidence)["intent"]
+    return intent if intent in known else OTHER_INTENT
+
+
+def known_intents(policy: HybridPolicy) -> frozenset[str]:
+    """The intents a policy was trained on (its vocabulary) or has an RPDR for."""
+    return frozenset(policy.vocab.tables.get("intent", ())) | frozenset(policy.rpdr)
 
 
 @serve.deployment(
@@ -33,21 +58,32 @@ from serve_apps.settings import autoscaling
     user_config={"version": "latest", "max_batch_size": 64, "batch_wait_timeout_s": 0.005},
 )
 class HybridRouter:
-    def __init__(self, store_root: str, name: str = "policy", decision_log_dir: str | None = None,
-                 decision_log_max_rows: int = 50_000, decision_log_max_age_s: float = 60.0, seed: int = 0):
-        self.store = Store(store_root)
-        self.name = name
+    async def __init__(self, settings: dict):
+        """``settings``: ``ServeSettings`` fields (store, policy name, decision log, seed)."""
+        config = ServeSettings(**settings)
+        self.store = Store(config.store_root)
+        self.name = config.policy_name
         self.policy: HybridPolicy | None = None
         self.version: str | None = None
+        self.intents: frozenset[str] = frozenset()
         self.max_batch_size = 64
         replica = zlib.crc32(serve.get_replica_context().replica_id.unique_id.encode())
-        self.rng = np.random.default_rng([seed, replica])
+        self.rng = np.random.default_rng([config.seed, replica])
         self.log = (
-            DecisionLogWriter(decision_log_dir, decision_log_max_rows, decision_log_max_age_s)
-            if decision_log_dir
+            DecisionLogWriter(
+                config.decision_log_dir,
+                max_rows=config.decision_log_max_rows,
+                max_age_s=config.decision_log_max_age_s,
+                max_buffer_rows=config.decision_log_max_buffer_rows,
+                spill_root=config.decision_log_spill_dir,
+                retry_max_s=config.decision_log_retry_max_s,
+            )
+            if config.decision_log_dir
             else None
         )
+        self.metrics = instruments()
         self._reload_lock = asyncio.Lock()
+        self._reporter = asyncio.get_running_loop().create_task(report_every(self._report))
 
     async def reconfigure(self, user_config: dict) -> None:
         self.max_batch_size = int(user_config.get("max_batch_size", 64))
@@ -63,7 +99,7 @@ class HybridRouter:
                 return
             art = await asyncio.to_thread(self.store.load, self.name, version)
             policy = await asyncio.to_thread(HybridPolicy.from_artifact, art)
-            self.policy, self.version = policy, art.version
+            self.policy, self.version, self.intents = policy, art.version, known_intents(policy)
 
     async def route(self, request: dict) -> dict | None:
         """Decide one request (utterance, candidates, context, customer_id); None while no
@@ -78,12 +114,13 @@ class HybridRouter:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _decide(self, requests: list[dict]) -> list[dict]:
-        policy, version = self.policy, self.version
+        policy, version, intents = self.policy, self.version, self.intents
         decisions = await asyncio.to_thread(policy.decide, requests, self.rng)
         request_ids = [uuid.uuid4().hex for _ in requests]
         if self.log is not None:
             now = dt.datetime.now(dt.timezone.utc)
             self.log.append(decision_rows(requests, decisions, request_ids, version, now))
+        self._record(requests, decisions, intents)
         return [
             {
                 "request_id": rid,
@@ -94,6 +131,18 @@ class HybridRouter:
             }
             for rid, d in zip(request_ids, decisions)
         ]
+
+    def _report(self) -> None:
+        self.metrics.served_version.set(version_number(self.version), tags={"artifact": "policy"})
+
+    def _record(self, requests: list[dict], decisions: list[dict], intents: frozenset[str]) -> None:
+        """One batch's metrics: a counter increment per (intent, model) pair, a histogram
+        observation per propensity."""
+        pairs = Counter((intent_label(r, intents), d["decided_by"]) for r, d in zip(requests, decisions))
+        for (intent, decided_by), n in pairs.items():
+            self.metrics.route_decisions.inc(n, tags={"intent": intent, "decided_by": decided_by})
+        for d in decisions:
+            self.metrics.route_propensity.observe(d["propensity"])
 
     def flush_log(self) -> list[str]:
         """Write the buffered decisions now (operations and tests)."""
@@ -109,3 +158,4 @@ class HybridRouter:
     def __del__(self):
         if self.log is not None:
             self.log.close()
+        self._reporter.cancel()

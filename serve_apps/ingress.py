@@ -13,6 +13,10 @@ and ``POST /v1/admin/reload`` (bearer token); the OpenAPI schema is at ``/openap
 and the docs at ``/docs``. Bad requests never reach a deployment: bodies over the size
 limit get 413, malformed JSON and bodies that break the models in ``serve_apps.models``
 get 422, each with a message.
+
+Metrics (``serve_apps.metrics``): every request's latency per endpoint (ASGI middleware);
+rewrite requests and utterance outcomes, tallied in the replica and handed to Ray with the
+served rewrite version and flag every ``serve_apps.metrics.REPORT_S``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ray.serve.handle import DeploymentHandle
 from raylib.errors import UserError
 from raylib.store import Store
 from serve_apps import control
+from serve_apps.metrics import RequestLatency, Tally, instruments, report_every, version_number
 from serve_apps.models import (
     ArtifactVersion,
     HealthResponse,
@@ -110,12 +115,15 @@ def make_api(service: "Ingress") -> FastAPI:
         description="Query rewriting (seed 001) and hybrid skill routing (seed 002) for a conversational assistant.",
     )
     api.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
+    api.add_middleware(RequestLatency, histogram=service.metrics.request_latency)  # outermost: counts 413s too
     api.add_exception_handler(RequestValidationError, validation_error)
     bearer = HTTPBearer(auto_error=False, description="admin token (SELFLEARN_ADMIN_TOKEN)")
 
     @api.post("/v1/rewrite", response_model=RewriteResponse, summary="Rewrite one utterance or a batch")
     async def rewrite(body: RewriteRequest) -> dict:
-        return await service.rewrites.answer(body.texts())
+        answer = await service.rewrites.answer(body.texts())
+        service.count_rewrites(answer)
+        return answer
 
     @api.post(
         "/v1/route",
@@ -191,8 +199,13 @@ class Ingress:
         self.admin_token = self.settings.resolved_admin_token()
         self.app_name = serve.get_replica_context().app_name
         self.reload_lock = asyncio.Lock()
+        self.metrics = instruments()
+        self.rewrite_requests = Tally(self.metrics.rewrite_requests)
+        self.rewrite_utterances = Tally(self.metrics.rewrite_utterances, "outcome")
         await self._follow_once(timeout_s=0.0)  # serve the announced version from the first request
-        self._follower = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self._follower = loop.create_task(self._follow())
+        self._reporter = loop.create_task(report_every(self._report))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self)
@@ -211,6 +224,28 @@ class Ingress:
                 raise
             except Exception:  # noqa: BLE001 - a lookup replica restarting: keep serving, retry
                 await asyncio.sleep(FOLLOW_RETRY_S)
+
+    def count_rewrites(self, answer: dict) -> None:
+        """Tally one ``/v1/rewrite`` answer: the request, and its utterances as hits, misses
+        or ``off`` (no lookup: flag off or no table loaded)."""
+        self.rewrite_requests.add()
+        results = answer["results"]
+        if not answer["enabled"] or answer["version"] is None:
+            self.rewrite_utterances.add(len(results), "off")
+            return
+        hits = sum(r["rewrite"] is not None for r in results)
+        self.rewrite_utterances.add(hits, "hit")
+        self.rewrite_utterances.add(len(results) - hits, "miss")
+
+    def _report(self) -> None:
+        """Re-read the flag when due (its gauge follows the store without traffic too), hand
+        the tallies to Ray and set the gauges to the rewrite table this replica serves."""
+        self.rewrites.refresh_flag_if_due()
+        self.rewrite_requests.publish()
+        self.rewrite_utterances.publish()
+        tags = {"artifact": "rewrites"}
+        self.metrics.served_version.set(version_number(self.rewrites.version), tags=tags)
+        self.metrics.flag_enabled.set(1 if self.rewrites.enabled else 0, tags=tags)
 
     async def wait_for_rewrites(self, version: str, timeout_s: float = 60.0) -> None:
         """Return once this replica serves rewrite-table ``version`` (after a reload)."""
@@ -239,6 +274,6 @@ class Ingress:
             raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
     def __del__(self):
-        follower = getattr(self, "_follower", None)
-        if follower is not None:
-            follower.cancel()
+        for task in (getattr(self, "_follower", None), getattr(self, "_reporter", None)):
+            if task is not None:
+                task.cancel()

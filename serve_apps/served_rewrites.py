@@ -52,7 +52,10 @@ class ServedRewrites:
                 await old.close()
             self.enabled = await asyncio.to_thread(self.store.enabled, self.name)
 
-    def _maybe_refresh_flag(self) -> None:
+    def refresh_flag_if_due(self) -> None:
+        """Re-read the feature flag off the event loop when the last read is ``flag_poll_s`` old
+        (called by every answer, and by the ingress replica's metrics report so that the flag
+        is read without traffic too)."""
         now = time.monotonic()
         if now - self._flag_read_at >= self.flag_poll_s:
             self._flag_read_at = now
@@ -64,7 +67,7 @@ class ServedRewrites:
     async def answer(self, utterances: list[str]) -> dict:
         """Rewrites of ``utterances`` (in order) from the served version: the body of a
         ``/v1/rewrite`` response."""
-        self._maybe_refresh_flag()
+        self.refresh_flag_if_due()
         index, enabled = self.index, self.enabled
         normalized = [normalize_utterance(u) for u in utterances]
         if index is not None and enabled:

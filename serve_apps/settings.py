@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ADMIN_TOKEN_ENV = "SELFLEARN_ADMIN_TOKEN"
 
@@ -25,6 +25,8 @@ def autoscaling(target_ongoing_requests: int) -> dict:
         "upscale_delay_s": 10,
         "downscale_delay_s": 120,
     }
+
+
 STORE_ENV = "SELFLEARN_STORE"
 
 
@@ -52,9 +54,24 @@ class ServeSettings(BaseModel):
     decision_log_dir: str | None = "decision_log"
     decision_log_max_rows: int = Field(default=50_000, gt=0)
     decision_log_max_age_s: float = Field(default=60.0, gt=0)
+    # Rows held in memory at most (>= decision_log_max_rows); beyond it rows are spilled to
+    # decision_log_spill_dir (a local directory; None: one in the system's temporary directory)
+    # and re-sent once the log takes writes. Failed writes are retried with exponential
+    # backoff of at most decision_log_retry_max_s (serve_apps/decision_log.py).
+    decision_log_max_buffer_rows: int = Field(default=100_000, gt=0)
+    decision_log_spill_dir: str | None = None
+    decision_log_retry_max_s: float = Field(default=30.0, gt=0)
     router_max_batch_size: int = Field(default=64, ge=1)
     router_batch_wait_timeout_s: float = Field(default=0.005, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _decision_log_limits(self) -> "ServeSettings":
+        if self.decision_log_max_buffer_rows < self.decision_log_max_rows:
+            raise ValueError("decision_log_max_buffer_rows must be at least decision_log_max_rows")
+        if self.decision_log_spill_dir is not None and "://" in self.decision_log_spill_dir:
+            raise ValueError("decision_log_spill_dir must be a local directory (it keeps rows the log does not take)")
+        return self
 
     def resolved_admin_token(self) -> str | None:
         """The admin token: the explicit setting, else the environment, else None."""

@@ -87,3 +87,22 @@ def s3_server():
 def s3(s3_server) -> S3:
     """A fresh bucket for one test."""
     return S3(s3_server, f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def s3_module(s3_server) -> S3:
+    """A fresh bucket shared by one test module."""
+    return S3(s3_server, f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def serve_ray_metrics(request):
+    """``serve_ray`` with Ray's metrics reported every second instead of every 10 s; yields
+    the URL of the node's Prometheus endpoint (``ray_*`` application metrics included)."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_metrics_report_interval_ms", "1000")
+        request.getfixturevalue("serve_ray")
+    [node] = ray.nodes()
+    yield f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"

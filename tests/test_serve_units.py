@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from raylib.routing.features import top_intents
 from raylib.routing.toy import ToyBandit
 from raylib.uri import read_table
 from raylib.validate import validate
@@ -19,6 +22,7 @@ from raylib.store import Store
 from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
 from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
 from serve_apps.http_middleware import DISCONNECT_DISABLED, SkipDisconnectWatch, middlewares
+from serve_apps.hybrid_router import intent_label
 from serve_apps.models import MAX_BATCH, ReloadRequest, RewriteRequest, RouteRequest
 from serve_apps.rewrite_index import MemoryRewriteIndex, best_rewrites
 from serve_apps.rewrite_lookup import RewriteLookup
@@ -123,23 +127,24 @@ def test_decision_rows_are_valid_routing_log_rows():
 
 def test_writer_rotates_by_size_and_by_age_and_flushes_on_close(tmp_path):
     writer = DecisionLogWriter(str(tmp_path), max_rows=5, max_age_s=0.3)
-    writer.append(_decisions(12))  # over max_rows: written by the background thread
+    writer.append(_decisions(12))  # over max_rows: written by the background thread, <= max_rows per file
     deadline = time.monotonic() + 5
-    while writer.stats["rows"] < 12 and time.monotonic() < deadline:
+    while writer.stats["written"] < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert writer.stats["rows"] == 12
+    assert writer.stats["written"] == 12
     writer.append(_decisions(2))  # under max_rows: written once 0.3 s old
     deadline = time.monotonic() + 5
-    while writer.stats["rows"] < 14 and time.monotonic() < deadline:
+    while writer.stats["written"] < 14 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert writer.stats == {"rows": 14, "rejected": 0, "files": 2}
+    assert (writer.stats["written"], writer.stats["rejected"], writer.stats["files"]) == (14, 0, 4)  # 5 + 5 + 2, 2
     writer.max_age_s = 3600
     writer.append(_decisions(3))
-    assert writer.stats["rows"] == 14
+    assert writer.stats["written"] == 14
     written = writer.close()  # shutdown writes what is buffered
-    assert len(written) == 1 and writer.stats["rows"] == 17
+    assert len(written) == 1 and writer.stats["written"] == 17
     assert read_table(str(tmp_path), "routing_log").num_rows == 17
-    assert len(list((tmp_path / "routing_log").iterdir())) == 3
+    files = list((tmp_path / "routing_log").iterdir())
+    assert len(files) == 5 and max(pq.read_metadata(f).num_rows for f in files) == 5
 
 
 def test_writer_quarantines_rows_that_break_the_contract(tmp_path):
@@ -148,9 +153,19 @@ def test_writer_quarantines_rows_that_break_the_contract(tmp_path):
     writer = DecisionLogWriter(str(tmp_path), max_rows=100, max_age_s=3600)
     writer.append(rows)
     writer.close()
-    assert writer.stats == {"rows": 2, "rejected": 1, "files": 2}
+    assert (writer.stats["written"], writer.stats["rejected"], writer.stats["files"]) == (2, 1, 2)
     rejected = read_table(str(tmp_path), "rejected")
     assert rejected.column("reason").to_pylist() == ["propensity 0.0 not in (0, 1]"]
+
+
+def test_intent_label_is_the_policys_segment_and_bounded():
+    """The router's metric label is ``top_intents``' segment when the policy knows it."""
+    log = ToyBandit(seed=0).routing(200, seed=4)[0]
+    known = frozenset({"intent0", "intent1", "intent2"})
+    labels = [intent_label(r, known) for r in log.to_pylist()]
+    assert labels == [i if i in known else "other" for i in top_intents(log)]
+    tie = {"candidates": [{"intent": "intent1", "nlu_confidence": 0.5}, {"intent": "intent2", "nlu_confidence": 0.5}]}
+    assert intent_label(tie, known) == "intent1" and "other" in labels
 
 
 def test_request_models():
@@ -171,10 +186,12 @@ def test_request_models():
 
 
 def test_serve_config_merges_args_and_checks_settings(tmp_path):
-    config = serve_config(packaged_config(), {"store_root": "rel/store", "router_max_batch_size": 8}, port=9999)
+    config = serve_config(packaged_config(), {"store_root": "rel/store", "router_max_batch_size": 8,
+                                              "decision_log_spill_dir": "rel/spill"}, port=9999)
     app = config["applications"][0]
     assert app["import_path"] == "serve_apps.app:build"
     assert app["args"]["store_root"].startswith("/") and app["args"]["router_max_batch_size"] == 8
+    assert app["args"]["decision_log_spill_dir"] == os.path.abspath("rel/spill")
     assert config["http_options"] == {"host": "127.0.0.1", "port": 9999}
     with pytest.raises(Exception, match="bad serving settings"):
         serve_config(packaged_config(), {"no_such_setting": 1})
