@@ -161,13 +161,12 @@ def read_table(root: str, name: str, columns: list[str] | None = None) -> pa.Tab
     return ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
 
 
-def write_table(table: pa.Table, root: str, name: str, part: int | str | None = 0) -> str:
-    """Write ``table`` as one part of table ``name`` under ``root`` and return the file.
-    ``part`` numbers the file (``part-00003.parquet``); ``None`` gives it a unique name, so
-    concurrent writers (Ray Data workers) never collide."""
+def write_table(table: pa.Table, root: str, name: str, part: int | str = 0) -> str:
+    """Write ``table`` as one part of table ``name`` under ``root`` and return the file:
+    ``part-00003.parquet`` for a number, ``part-<part>.parquet`` for a name."""
     fs, path = filesystem(join(root, name))
     fs.create_dir(path, recursive=True)
-    suffix = uuid.uuid4().hex if part is None else f"{part:05d}" if isinstance(part, int) else part
+    suffix = f"{part:05d}" if isinstance(part, int) else part
     file = f"{path}/part-{suffix}.parquet"
     pq.write_table(table, file, filesystem=fs)
     return file

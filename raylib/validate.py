@@ -12,6 +12,7 @@ Data workers alike); ``rejected_counts`` counts them per reason for a job's summ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -288,11 +289,21 @@ def _rejected_rows(name: str, rows: list[dict], reasons: list[str]) -> pa.Table:
 
 
 def quarantine(rejected: pa.Table, out: str) -> str | None:
-    """Write rejected rows as a new, uniquely named part of ``<out>/rejected`` (safe from
-    concurrent writers); nothing is written for none. Returns the file written."""
+    """Write rejected rows as a part of ``<out>/rejected`` named by their content (a hash
+    of each row's table, JSON and reason); nothing is written for none. Returns the file.
+
+    Content naming makes the write idempotent: a Ray Data task that is re-executed (a retry,
+    or lineage reconstruction after a lost node) rewrites the same file instead of adding a
+    second copy of its rows, and concurrent writers of different rows never collide. (Two
+    batches whose rejected rows are identical, e.g. a duplicated input file, share a file.)"""
     if rejected.num_rows == 0:
         return None
-    return uri.write_table(rejected, out, "rejected", part=None)
+    digest = hashlib.sha1()
+    for column in ("table", "row", "reason"):
+        for value in rejected.column(column).to_pylist():
+            digest.update(value.encode())
+            digest.update(b"\x00")
+    return uri.write_table(rejected, out, "rejected", part=digest.hexdigest()[:24])
 
 
 def rejected_counts(rejected: pa.Table) -> dict[str, int]:
