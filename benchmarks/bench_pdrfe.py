@@ -35,32 +35,27 @@ def _graph(n_edges: int, seed: int = 0):
     return g, data
 
 
-def _model(conv: str, data, dim: int):
+def _task(conv: str, data, dim: int, batch_size: int):
+    """Link prediction with PDRFE (personalizer, ``conv``) on ``data``, the trainers' task."""
+    from raylib.graph.models import ModelSpec
+    from raylib.graph.train import LinkPrediction, TrainConfig
+
+    spec = ModelSpec("pdrfe", conv=conv, personalizer=True)
+    return LinkPrediction.of(spec, TrainConfig(dim=dim, batch_size=batch_size), data)
+
+
+def _train_steps(task, model, opt, steps: int | None, rng) -> tuple[int, float]:
+    """Train on ``steps`` batches of a fresh permutation of the training edges (None: one
+    full epoch) with the trainers' loop; returns (edges, seconds)."""
     import torch
 
-    from raylib.graph.models import ModelSpec, build_model
+    from raylib.trainer import numpy_batches, run_epoch
 
-    torch.manual_seed(0)
-    return build_model(ModelSpec("pdrfe", conv=conv, personalizer=True), data, dim=dim)
-
-
-def _train_steps(model, data, steps: int | None, batch_size: int, rng) -> tuple[int, float]:
-    """Train on ``steps`` batches (None: one full epoch); returns (edges, seconds)."""
-    import torch
-
-    from raylib.graph.objective import max_margin_loss
-
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = rng.permutation(data.train_edges)
-    batches = np.array_split(order, max(1, len(order) // batch_size))[:steps]
+    cap = None if steps is None else steps * task.batch_size
+    batches = numpy_batches({"edge": task.graph.train_edges}, task.batch_size, rng, cap)
     began = time.perf_counter()
-    for idx in batches:
-        pos, neg = model(**{k: torch.as_tensor(v) for k, v in model.make_batch(data, idx, rng).items()})
-        loss = max_margin_loss(pos, neg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return sum(len(b) for b in batches), time.perf_counter() - began
+    edges, _ = run_epoch(task, model, model, opt, batches, torch.device("cpu"), rng)
+    return edges, time.perf_counter() - began
 
 
 def speed(n_edges: int, conv: str, dim: int, steps: int, batch_size: int, out: mp.Queue) -> None:
@@ -69,8 +64,9 @@ def speed(n_edges: int, conv: str, dim: int, steps: int, batch_size: int, out: m
     torch.set_num_threads(1)
     _, data = _graph(n_edges)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = _model(conv, data, dim)
-    edges, seconds = _train_steps(model, data, steps, batch_size, np.random.default_rng(0))
+    task = _task(conv, data, dim, batch_size)
+    model = task.build()
+    edges, seconds = _train_steps(task, model, task.optimizer(model), steps, np.random.default_rng(0))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.put({"edges": n_edges, "conv": conv, "edges_per_s": edges / seconds,
              "epoch_s_extrapolated": len(data.train_edges) / (edges / seconds),
@@ -84,10 +80,11 @@ def quality(n_edges: int, conv: str, dim: int, epochs: int, batch_size: int, out
 
     torch.set_num_threads(1)
     g, data = _graph(n_edges, seed=1)
-    model = _model(conv, data, dim)
-    rng = np.random.default_rng(0)
+    task = _task(conv, data, dim, batch_size)
+    model, rng = task.build(), np.random.default_rng(0)
+    opt = task.optimizer(model)
     for _ in range(epochs):
-        _train_steps(model, data, None, batch_size, rng)
+        _train_steps(task, model, opt, None, rng)
     out.put({"conv": conv, "cross_entropy": defect_cross_entropy(edge_features(model, data), g.edge_defect.astype(np.float32))})
 
 

@@ -1,13 +1,11 @@
-"""Ray Train link-prediction training (2 CPU workers, kill + resume) and the job end to end."""
+"""Ray Train link-prediction training (2 CPU workers, Ray Data shards) and the job end to end
+(kill and resume: test_train_resume.py)."""
 
 import json
 import os
 
-import numpy as np
 import pyarrow as pa
 import pytest
-import ray
-import torch
 
 from jobs.train_pdrfe import main
 from raylib.graph.build import build_graph, split_edges
@@ -15,42 +13,25 @@ from raylib.graph.data import GraphData
 from raylib.graph.encoders import HashingNgramEncoder
 from raylib.graph.models import SPECS
 from raylib.graph.synthetic import synthetic_tables
-from raylib.graph.train import TrainConfig, fit, shard
-from raylib.schema import write_table
+from raylib.graph.train import TrainConfig, fit
 from raylib.store import Store
+from raylib.uri import write_table
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
-def test_shards_are_disjoint_and_equal():
-    edges = np.arange(101)
-    a, b = shard(edges, 0, 0, 2, 7), shard(edges, 0, 1, 2, 7)
-    assert len(a) == len(b) == 50 and not set(a) & set(b)
-    assert len(shard(edges, 1, 0, 2, 7, cap=20)) == 10
-
-
-def test_two_workers_loss_falls_and_a_killed_run_resumes(tmp_path):
+def test_two_workers_get_equal_shards_and_the_loss_falls(tmp_path):
     inter, cust, skills = synthetic_tables(150, 20, 3000, seed=2)
     g = build_graph(inter, cust, skills)
     data = GraphData.from_graph(g, HashingNgramEncoder(32).encode(g.utterances), split_edges(g.num_edges))
-    marker = str(tmp_path / "killed")
-    cfg = TrainConfig(dim=16, epochs=3, batch_size=256, lr=1e-2, crash_after_epoch=0, crash_marker=marker)
-    trained = fit(SPECS["PDRFE (w/ factorized conv)"], ray.put(data), cfg, data, num_workers=2,
-                  storage_path=str(tmp_path / "runs"), name="resume", max_failures=1)
+    cfg = TrainConfig(dim=16, epochs=3, batch_size=256, lr=1e-2)
+    trained = fit(SPECS["PDRFE (w/ factorized conv)"], data, cfg, num_workers=2, storage_path=str(tmp_path / "runs"))
     m = trained.metrics
-    assert os.path.exists(marker)  # a worker was killed after epoch 0 ...
-    assert m["start_epoch"] == 1  # ... and the restarted group resumed from its checkpoint
+    assert m["start_epoch"] == 0 and m["world_size"] == 2 and m["device"] == "cpu"
     assert len(m["loss_history"]) == 3 and m["loss_history"][-1] < m["loss_history"][0]
-    assert m["world_size"] == 2 and all(n > 0 for n in m["edges_per_worker"])
-    assert sum(m["edges_per_worker"]) == 2 * (len(data.train_edges) // 2)
+    # Ray Data's equal split: both ranks train the same number of edges, the remainder dropped
+    assert m["edges_per_worker"] == [len(data.train_edges) // 2] * 2
+    assert m["edges_per_s"] > 0 and trained.checkpoint_path.startswith(str(tmp_path / "runs"))
 
 
 def _write_inputs(root, n_edges=1500):
@@ -73,9 +54,9 @@ def test_job_end_to_end(tmp_path):
     assert set(summary["cross_entropy"]) == {"Raw one-hot", "RGCN", "Per"}
     assert all(set(v) == {"lr", "mlp"} and v["lr"] > 0 for v in summary["cross_entropy"].values())
     assert summary["edges"] == 1501 and summary["workers"] == 1 and summary["epochs"] == 2
-    assert summary["input_counts"]["interactions_rejected"] == 1
-    assert summary["input_counts"]["customers_without_metadata"] == 1
-    assert summary["input_counts"]["edges_with_default_features"] == 1
+    assert summary["rejected_rows"] == 1 and summary["rejected_by_reason"] == {"empty utterance": 1}
+    assert summary["graph"]["customers_without_metadata"] == 1
+    assert summary["graph"]["edges_with_default_features"] == 1
     assert summary["ablation"][0]["module"] == "Personalizer"
     report = open(os.path.join(out, "report.md")).read()
     assert "| Per |" in report and "ablation.png" in report

@@ -1,24 +1,24 @@
-"""Distributed link-prediction training (seed 000, section 2) on Ray Train.
+"""Distributed link-prediction training (seed 000, section 2): the PDRFE task of the
+shared Ray Train shell (``raylib.trainer``).
 
-``train_loop_per_worker`` is the per-worker loop: every worker reads the same
-:class:`GraphData` from the object store, takes its own shard of each epoch's shuffled
-training edges, samples subgraphs and negatives, and DDP averages gradients. Rank 0
-saves a checkpoint every epoch (model, optimizer, epoch, loss history); a run restarted
-under the same name and storage path, or a worker group restarted after a failure,
-resumes from the latest checkpoint. The device comes from ``ray.train.torch.get_device()``,
-so ``use_gpu=True`` trains on one GPU per worker with no other change.
+The training rows are the training edges (``GraphData.train_edges``), streamed to the Train
+workers as equal Ray Data shards. The graph itself (CSR, node features, utterance vectors)
+is needed whole by every worker to sample neighbourhoods and negatives, so it stays one
+object in the Ray object store that each worker reads once. A batch of edges becomes a
+sampled subgraph with negatives (``make_batch``), scored and trained with the max-margin
+loss; DDP averages the gradients. Checkpoints, resume and the device are the shell's:
+``use_gpu=True`` trains on one GPU per worker with no other change.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import ray
 import torch
 
+from raylib import trainer
 from raylib.graph.data import GraphData
 from raylib.graph.models import ModelSpec, build_model
 from raylib.graph.objective import max_margin_loss
@@ -40,94 +40,49 @@ class TrainConfig:
     edges_per_epoch: int | None = None  # cap on the training edges drawn each epoch (None: all)
     seed: int = 0
     torch_threads: int = 1
-    crash_after_epoch: int | None = None  # fault injection for the resume test
-    crash_marker: str | None = None
 
 
-def shard(edges: np.ndarray, epoch: int, rank: int, world: int, seed: int, cap: int | None = None) -> np.ndarray:
-    """This worker's equal-size share of the epoch's shuffled training edges (the same
-    permutation on every rank, so shards are disjoint; every rank gets the same count so
-    DDP steps stay in lock-step), from the first ``cap`` edges of the permutation."""
-    order = np.random.default_rng([seed, epoch]).permutation(edges)[:cap]
-    per = len(order) // world
-    return order[rank * per : (rank + 1) * per]
+@dataclass(kw_only=True)
+class LinkPrediction(trainer.Task):
+    """Link prediction with ``spec`` on ``graph``: a GraphData, or on the Train workers an
+    ObjectRef of it (``shipped``) that ``build`` resolves once per process. Rows:
+    ``{"edge": training edge ids}``."""
+
+    spec: ModelSpec
+    cfg: TrainConfig
+    graph: object
+    unit = "edges"
+
+    @classmethod
+    def of(cls, spec: ModelSpec, cfg: TrainConfig, graph) -> "LinkPrediction":
+        return cls(spec=spec, cfg=cfg, graph=graph, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                   threads=cfg.torch_threads, rows_per_epoch=cfg.edges_per_epoch)
+
+    def shipped(self) -> "LinkPrediction":
+        return replace(self, graph=ray.put(self.graph))
+
+    def build(self) -> torch.nn.Module:
+        if isinstance(self.graph, ray.ObjectRef):
+            self.graph = ray.get(self.graph)
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.spec, self.graph, self.cfg.dim, self.cfg.layers, self.cfg.fanouts)
+
+    def optimizer(self, network: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(network.parameters(), lr=self.cfg.lr)
+
+    def prepare(self, network, rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+        """The sampled subgraph, utterances and negatives of a batch of edges."""
+        return network.make_batch(self.graph, rows["edge"], rng, self.cfg.negatives)
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return max_margin_loss(*model(**batch), self.cfg.margin)
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry: ``config`` holds ``data`` (an ObjectRef of GraphData), ``spec``
-    (ModelSpec) and ``train`` (TrainConfig)."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    cfg: TrainConfig = config["train"]
-    torch.set_num_threads(cfg.torch_threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    data: GraphData = ray.get(config["data"])
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(config["spec"], data, cfg.dim, cfg.layers, cfg.fanouts)
-    ddp = ray.train.torch.prepare_model(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            state = torch.load(os.path.join(path, "state.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-
-    for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        mine = shard(data.train_edges, epoch, rank, world, cfg.seed, cfg.edges_per_epoch)
-        ddp.train()
-        began, loss_sum = time.perf_counter(), torch.zeros((), device=device)
-        for idx in np.array_split(mine, max(1, len(mine) // cfg.batch_size)):
-            pos, neg = ddp(**_to_device(model.make_batch(data, idx, rng, cfg.negatives), device))
-            loss = max_margin_loss(pos, neg, cfg.margin)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-        seconds = time.perf_counter() - began
-        per_rank = torch.tensor([float(len(mine)), float(loss_sum), seconds], device=device)
-        gathered = [torch.zeros_like(per_rank) for _ in range(world)]
-        if world > 1:
-            torch.distributed.all_gather(gathered, per_rank)
-        else:
-            gathered = [per_rank]
-        table = torch.stack(gathered).cpu().numpy()
-        epoch_loss = float(table[:, 1].sum() / max(table[:, 0].sum(), 1.0))
-        history.append(epoch_loss)
-        metrics = {
-            "epoch": epoch,
-            "loss": epoch_loss,
-            "loss_history": list(history),
-            "start_epoch": start_epoch,
-            "edges_per_worker": table[:, 0].astype(int).tolist(),
-            "edges_per_s": float(table[:, 0].sum() / max(table[:, 2].max(), 1e-9)),
-            "world_size": world,
-            "device": str(device),
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = None
-            if rank == 0:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                            "history": history}, os.path.join(tmp, "state.pt"))
-                saved = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=saved)
-        if cfg.crash_after_epoch == epoch and cfg.crash_marker and not os.path.exists(cfg.crash_marker):
-            open(cfg.crash_marker, "w").close()
-            time.sleep(3 * 2.0)  # let the controller's health check (every 2 s) register the report
-            os._exit(1)  # a killed worker: Ray Train restarts the group from the latest checkpoint
+def graph_fingerprint(data: GraphData) -> str:
+    """Fingerprint of what defines a training graph: node features, utterance vectors,
+    edges and the training split (everything else in GraphData derives from these)."""
+    return trainer.fingerprint({k: getattr(data, k) for k in (
+        "node_codes", "utterance_vectors", "edge_customer", "edge_skill", "edge_utterance", "train_edges")})
 
 
 @dataclass
@@ -139,28 +94,18 @@ class Trained:
     checkpoint_path: str | None
 
 
-def fit(spec: ModelSpec, data_ref, cfg: TrainConfig, data: GraphData, num_workers: int = 2, use_gpu: bool = False,
-        storage_path: str | None = None, name: str = "pdrfe", max_failures: int = 0) -> Trained:
-    """Train ``spec`` with a TorchTrainer (DDP over ``num_workers`` workers) and return the
-    model loaded from the final checkpoint. ``data_ref`` is ``ray.put(data)``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"data": data_ref, "spec": spec, "train": cfg},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    torch.manual_seed(cfg.seed)
-    model = build_model(spec, data, cfg.dim, cfg.layers, cfg.fanouts)
-    with result.checkpoint.as_directory() as path:
-        state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    return Trained(model.eval(), dict(result.metrics), result.checkpoint.path)
+def fit(spec: ModelSpec, data: GraphData, cfg: TrainConfig, num_workers: int = 2, use_gpu: bool = False,
+        storage_path: str | None = None, name: str | None = None, max_failures: int = 0, callbacks=()) -> Trained:
+    """Train ``spec`` on ``data`` with a TorchTrainer (DDP over ``num_workers`` workers) and
+    return the model loaded from the final checkpoint. The run ``<storage_path>/<name>``
+    resumes from its latest checkpoint; ``name`` None: ``run_name`` of the spec, the config
+    and the graph's fingerprint. ``max_failures`` and ``callbacks``: see
+    ``raylib.trainer.fit``. Metrics: loss, loss_history, edges_per_s, edges_per_worker,
+    device, start_epoch, world_size (and each epoch's pid, node_id)."""
+    if name is None:
+        key = {"spec": asdict(spec), "train": asdict(cfg), "graph": graph_fingerprint(data)}
+        name = trainer.run_name(spec.family, key)
+    task = LinkPrediction.of(spec, cfg, data)
+    out = trainer.fit(task, {"edge": data.train_edges}, name, num_workers, use_gpu, storage_path, max_failures,
+                      callbacks)
+    return Trained(out.network, out.metrics, out.checkpoint_path)

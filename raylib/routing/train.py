@@ -1,20 +1,20 @@
-"""Training RP, LP and the reward model: one pure loop (``fit``) and its Ray Train shell
-(``TorchTrainer``, DDP, checkpoints through ``ray.train.Checkpoint``).
+"""Training RP, LP and the reward model: the objectives' loss (``batch_loss``) on the
+arrays of ``training_arrays``, as a task (``PolicyTask``) of the shared training shell
+(``raylib.trainer``).
 
-``train_network(..., num_workers=0)`` runs the loop in-process (small data, tests);
-``num_workers >= 1`` runs it on that many Ray Train workers (CPU, or GPU with ``use_gpu``).
+``train_network(..., num_workers=0)`` runs the shell's loop in-process (small data, tests);
+``num_workers >= 1`` runs it on that many Ray Train workers (CPU, or GPU with ``use_gpu``),
+the rows streamed to them as Ray Data shards, with checkpoints and resume.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from raylib import trainer
 from raylib.routing import objectives
 from raylib.routing.features import Features
 from raylib.routing.model import NetworkConfig, PolicyNetwork
@@ -92,90 +92,48 @@ def batch_loss(network, batch: dict[str, torch.Tensor], objective: str, settings
     raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
 
-def fit(
-    network,
-    data: dict[str, np.ndarray],
-    objective: str,
-    settings: TrainSettings,
-    rank: int = 0,
-    world_size: int = 1,
-    on_epoch=None,
-) -> list[float]:
-    """Mini-batch Adam on this rank's equal share of ``data``; returns the mean loss per
-    epoch (averaged over ranks when torch.distributed is initialized). ``on_epoch(epoch,
-    loss)`` is called after every epoch (Ray Train reports and checkpoints there)."""
-    n = len(data["slot"])
-    per_rank = n // world_size
-    rng = np.random.default_rng(settings.seed)
-    perm = rng.permutation(n)
-    mine = perm[rank * per_rank : (rank + 1) * per_rank]
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
-    lr = settings.lr if settings.lr is not None else DEFAULT_LR[objective]
-    opt = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=settings.weight_decay)
-    n_batches = max(1, -(-per_rank // settings.batch_size))
-    history = []
-    for epoch in range(settings.epochs):
-        network.train()
-        order = mine[rng.permutation(len(mine))]
-        total = torch.zeros(())
-        for b in range(n_batches):
-            rows = torch.from_numpy(order[b * settings.batch_size : (b + 1) * settings.batch_size])
-            loss = batch_loss(network, {k: v[rows] for k, v in tensors.items()}, objective, settings)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        mean = total / n_batches
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(mean)
-            mean /= world_size
-        history.append(float(mean))
-        if on_epoch is not None:
-            on_epoch(epoch, history)
-    network.eval()
-    return history
+@dataclass(kw_only=True)
+class PolicyTask(trainer.Task):
+    """Training one network for ``objective`` (the shared shell's task): rows are the
+    arrays of ``training_arrays``, a batch of rows is the network's input as it is."""
 
+    config: NetworkConfig
+    objective: str
+    settings: TrainSettings
+    init_state: dict | None = None
 
-def _new_network(config: NetworkConfig, settings: TrainSettings, init_state: dict | None) -> PolicyNetwork:
-    torch.manual_seed(settings.seed)
-    net = PolicyNetwork(config)
-    if init_state is not None:
-        net.load_state_dict(init_state)
-    return net
+    @classmethod
+    def of(cls, config: NetworkConfig, objective: str, settings: TrainSettings,
+           init_state: dict | None) -> "PolicyTask":
+        return cls(config=config, objective=objective, settings=settings, init_state=init_state,
+                   epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, threads=settings.threads)
 
+    def build(self) -> PolicyNetwork:
+        """The network seeded with ``settings.seed`` (``init_state`` loaded when given)."""
+        torch.manual_seed(self.settings.seed)
+        net = PolicyNetwork(self.config)
+        if self.init_state is not None:
+            net.load_state_dict(self.init_state)
+        return net
 
-def _ray_worker_loop(cfg: dict) -> None:
-    """Ray Train worker: DDP-wrapped ``fit`` on this worker's shard, reporting the loss
-    and a checkpoint (rank 0) after every epoch."""
-    import ray
-    import ray.train
-    import ray.train.torch
+    def optimizer(self, network: torch.nn.Module) -> torch.optim.Optimizer:
+        lr = self.settings.lr if self.settings.lr is not None else DEFAULT_LR[self.objective]
+        return torch.optim.Adam(network.parameters(), lr=lr, weight_decay=self.settings.weight_decay)
 
-    settings = TrainSettings(**cfg["settings"])
-    torch.set_num_threads(settings.threads)
-    data = ray.get(cfg["data"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    net = _new_network(NetworkConfig(**cfg["network"]), settings, cfg["init_state"])
-    model = ray.train.torch.prepare_model(net)
-
-    def on_epoch(epoch: int, history: list[float]) -> None:
-        metrics = {"epoch": epoch, "loss": history[-1], "history": list(history)}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(net.state_dict(), os.path.join(tmp, "model.pt"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-
-    fit(model, data, cfg["objective"], settings, rank, world, on_epoch)
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch_loss(model, batch, self.objective, self.settings)
 
 
 @dataclass
 class TrainResult:
+    """A trained network (CPU, eval mode), its mean loss per epoch, the Ray Train
+    checkpoint it came from (None in-process) and the epoch its run started from (> 0 when
+    it resumed a checkpoint; ``settings.epochs`` when the run had already finished)."""
+
     network: PolicyNetwork
     history: list[float]
     checkpoint_path: str | None = None
+    start_epoch: int = 0
 
 
 def train_network(
@@ -187,43 +145,27 @@ def train_network(
     use_gpu: bool = False,
     storage_path: str | None = None,
     init_state: dict | None = None,
+    name: str | None = None,
+    callbacks=(),
+    max_failures: int = 0,
 ) -> TrainResult:
     """Train one network for ``objective`` ('rp' | 'ips' | 'snips' | 'dr' | 'reward').
 
-    ``num_workers = 0``: in-process loop. Otherwise a Ray Train ``TorchTrainer`` with that
-    many DDP workers; the trained weights come back from the last checkpoint."""
+    ``num_workers = 0``: in-process on the CPU. Otherwise a Ray Train ``TorchTrainer`` with
+    that many DDP workers (``raylib.trainer.fit``) in the run ``<storage_path>/<name>``
+    (``storage_path`` None: a fresh temporary directory), which resumes from its latest
+    checkpoint; ``name`` None: ``run_name`` of the objective,
+    settings, network config, initial state and a fingerprint of ``data``, so only the
+    same training resumes a run. The trained weights come back from the last checkpoint."""
     settings = settings or TrainSettings()
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    task = PolicyTask.of(config, objective, settings, init_state)
     if num_workers <= 0:
-        net = _new_network(config, settings, init_state)
-        before = torch.get_num_threads()
-        torch.set_num_threads(settings.threads)
-        try:
-            return TrainResult(net, fit(net, data, objective, settings))
-        finally:
-            torch.set_num_threads(before)
-
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    storage = storage_path or os.path.join(tempfile.gettempdir(), "selflearn-routing-train")
-    trainer = TorchTrainer(
-        _ray_worker_loop,
-        train_loop_config={
-            "data": ray.put(data),
-            "objective": objective,
-            "settings": asdict(settings),
-            "network": config.to_dict(),
-            "init_state": init_state,
-        },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=storage, name=f"{objective}-{uuid.uuid4().hex[:8]}"),
-    )
-    result = trainer.fit()
-    net = PolicyNetwork(config)
-    with result.checkpoint.as_directory() as ckpt:
-        net.load_state_dict(torch.load(os.path.join(ckpt, "model.pt"), weights_only=True))
-    net.eval()
-    return TrainResult(net, list(result.metrics["history"]), result.checkpoint.path)
+        return TrainResult(*trainer.train_in_process(task, data))
+    if name is None:
+        name = trainer.run_name(objective, {
+            "objective": objective, "settings": asdict(settings), "network": config.to_dict(),
+            "init": None if init_state is None else trainer.fingerprint(init_state), "data": trainer.fingerprint(data)})
+    out = trainer.fit(task, data, name, num_workers, use_gpu, storage_path, max_failures, callbacks)
+    return TrainResult(out.network, list(out.metrics["loss_history"]), out.checkpoint_path, out.metrics["start_epoch"])
