@@ -1,0 +1,180 @@
+"""A multi-node Ray cluster on this machine, the shape the users run: a head that runs no
+tasks (``--num-cpus 0``) plus worker nodes, each a separate ``ray start --block`` process
+with its own temporary directory (its own "disk"), all on 127.0.0.1 with free ports.
+
+The cluster is ours alone: the job server binds 127.0.0.1, every node keeps its files in
+a dedicated ``--temp-dir`` and runs in a child process of the test. Stopping a node sends
+SIGTERM to its ``ray start`` process, whose handler tears down exactly that node's
+processes (never ``ray stop``, which would stop every Ray instance of this user); killing
+one (``kill``) is a node failure. Object-store credentials are in the nodes' environment,
+as an instance profile gives them on a cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import requests
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+# What the working-dir upload leaves behind (Ray also honours .gitignore).
+EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "benchmarks"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Node:
+    """One ``ray start --block`` process: the head (``gcs`` None) or a worker joining ``gcs``."""
+
+    def __init__(self, env: dict, num_cpus: int, gcs: str | None = None, resources: dict | None = None):
+        self.temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: unix socket paths
+        ports = free_ports(9)
+        agent, agent_grpc, env_agent, metrics, nm, om = ports[3:]
+        self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w+")
+        cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
+               "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
+               "--node-manager-port", str(nm), "--object-manager-port", str(om), "--temp-dir", self.temp_dir,
+               "--disable-usage-stats"]
+        if resources:
+            cmd += ["--resources", json.dumps(resources)]
+        if gcs is None:
+            gcs_port, dash, client = ports[:3]
+            self.gcs = f"127.0.0.1:{gcs_port}"
+            self.dashboard = f"http://127.0.0.1:{dash}"
+            cmd += ["--head", "--port", str(gcs_port), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                    "--dashboard-port", str(dash), "--ray-client-server-port", str(client)]
+        else:
+            self.gcs = gcs
+            cmd += ["--address", gcs]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.temp_dir,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def kill(self) -> None:
+        """A node failure: SIGKILL every process of this node at once."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the blocking ``ray start``: its handler kills its own node's processes."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # only the session we started
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class Cluster:
+    """A 0-CPU head plus ``workers`` worker nodes of ``cpus`` CPUs each."""
+
+    def __init__(self, workers: int = 2, cpus: int = 2, extra_env: dict | None = None):
+        # Token auth on (Ray's default for a new local cluster), stated explicitly so the CLI
+        # and the nodes agree; the token lives in ~/.ray/auth_token (generated if missing).
+        self.env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                        RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", **(extra_env or {}))
+        self.env.pop("RAY_ADDRESS", None)
+        self.head = Node(self.env, num_cpus=0)
+        self.workers: list[Node] = []
+        self.cpus = cpus
+        self.wait_ready()
+        for _ in range(workers):
+            self.add_worker()
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.head, *self.workers]
+
+    def add_worker(self) -> Node:
+        node = Node(self.env, num_cpus=self.cpus, gcs=self.head.gcs)
+        self.workers.append(node)
+        self.wait_for_nodes(len(self.workers) + 1)
+        return node
+
+    def auth_header(self) -> dict[str, str]:
+        token = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=self.env,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.head.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.head.proc.returncode}:\n{self.head.output()}")
+            try:
+                self.client = JobSubmissionClient(self.head.dashboard, headers=self.auth_header())
+                self.client.list_jobs()
+                return
+            except (ConnectionError, RuntimeError, requests.RequestException):
+                time.sleep(0.5)
+        raise TimeoutError(f"the job server at {self.head.dashboard} did not come up:\n{self.head.output()}")
+
+    def alive_nodes(self) -> int:
+        out = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto'); "
+                              "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))"],
+                             env=dict(self.env, RAY_ADDRESS=self.head.gcs), capture_output=True, text=True)
+        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+    def wait_for_nodes(self, n: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {n} nodes alive:\n" + "\n".join(w.output() for w in self.workers))
+            time.sleep(1.0)
+
+    def submit(self, *entrypoint: str, wait: bool = True, timeout: float = 600.0) -> str:
+        """Submit a job with the repository as working dir; with ``wait``, block until it
+        ends and fail unless it SUCCEEDED. Returns the submission id."""
+        sid = f"selflearn-{uuid.uuid4().hex[:8]}"
+        self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=sid,
+                               runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+        if wait:
+            status = self.wait(sid, timeout)
+            assert status == JobStatus.SUCCEEDED, (
+                f"job {' '.join(entrypoint)} ended {status}: {self.client.get_job_info(sid).message}\n"
+                f"{self.client.get_job_logs(sid)[-4000:]}")
+        return sid
+
+    def wait(self, sid: str, timeout: float = 600.0) -> JobStatus:
+        deadline = time.monotonic() + timeout
+        while (status := self.client.get_job_status(sid)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                   JobStatus.STOPPED):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {sid} still {status}:\n{self.client.get_job_logs(sid)[-4000:]}")
+            time.sleep(1.0)
+        return status
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
