@@ -1,18 +1,23 @@
-"""cluster.yaml passes Ray's own cluster-launcher validation and keeps its structural promises."""
+"""cluster.yaml passes Ray's own cluster-launcher validation and keeps its structural promises;
+the project image (docker/Dockerfile) and constraints.txt pin what the tests ran with."""
 
 from __future__ import annotations
 
 import copy
 import pathlib
+import re
 import sys
+from importlib import metadata
 
 import jsonschema
 import pytest
 import ray
 import yaml
+from packaging.utils import canonicalize_name
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = pathlib.Path(__file__).resolve().parents[1] / "cluster.yaml"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
 PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
@@ -55,34 +60,72 @@ def test_head_runs_no_tasks(prepared):
     assert "--dashboard-host=127.0.0.1" in start  # the jobs API is reached through a tunnel
 
 
-def test_worker_types_autoscale_from_zero(prepared):
+def test_worker_types_autoscale_and_serving_is_on_demand(prepared):
     types = prepared["available_node_types"]
     workers = {name: spec for name, spec in types.items() if name != prepared["head_node_type"]}
-    assert set(workers) == {"cpu", "gpu"}
-    for name, spec in workers.items():
-        assert spec["min_workers"] == 0, name
-        assert spec["max_workers"] > 0, name
+    assert set(workers) == {"cpu", "gpu", "serve"}
+    for name in ("cpu", "gpu"):  # batch capacity scales from zero
+        assert workers[name]["min_workers"] == 0 and workers[name]["max_workers"] > 0, name
+    serve = workers["serve"]
+    assert serve["min_workers"] >= 1 and "InstanceMarketOptions" not in serve["node_config"]
+    assert types["cpu"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
     assert sum(spec["max_workers"] for spec in workers.values()) <= prepared["max_workers"]
 
 
-def test_images_match_the_installed_ray(prepared):
+def test_every_node_type_has_an_image_and_an_instance_profile(prepared):
     docker = prepared["docker"]
-    tag = f"rayproject/ray:{ray.__version__}-{PY_TAG}"
-    for key in ("image", "head_image", "worker_image"):
-        assert docker[key] == f"{tag}-cpu", key
-    gpu = prepared["available_node_types"]["gpu"]["docker"]["worker_image"]
-    assert gpu == f"{tag}-gpu"
+    for name, spec in prepared["available_node_types"].items():
+        image = spec.get("docker", {}).get("worker_image") or docker["worker_image"]
+        assert image.startswith("selflearn/selflearn:") and f"-{PY_TAG}-" in image, name
+        assert spec["node_config"]["IamInstanceProfile"]["Name"] == "selflearn-ray-node", name
+    assert docker["image"] == docker["head_image"] == docker["worker_image"]
+    assert docker["image"].endswith("-cpu")
+    assert prepared["available_node_types"]["gpu"]["docker"]["worker_image"].endswith("-gpu")
     assert docker["container_name"]
 
 
-def test_every_node_installs_this_package(prepared):
-    """The repository is mounted on every node and each role's setup installs it."""
-    (remote, local), = prepared["file_mounts"].items()
-    assert local == "."
-    install = f"pip install --no-cache-dir -e {remote}"
-    assert any(cmd.startswith(install) for cmd in prepared["head_setup_commands"])
-    assert any(cmd.startswith(install) for cmd in prepared["worker_setup_commands"])
-    cpu = prepared["available_node_types"]["cpu"]["worker_setup_commands"]
-    assert any(cmd.startswith(install) for cmd in cpu)
-    assert any("whl/cpu" in cmd for cmd in cpu)  # no CUDA wheels on CPU-only workers
-    assert ".venv" in prepared["rsync_exclude"]
+def test_nodes_boot_from_the_image_without_installing(prepared):
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        assert prepared[key] == [], key
+    assert not prepared["file_mounts"]  # jobs ship their code with --working-dir
+
+
+def test_nodes_start_with_the_serve_ingress_env_and_the_admin_token(prepared):
+    from serve_apps.deploy import HAPROXY_ENV
+
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(prepared[key])
+        assert all(f"{name}={value}" in start for name, value in HAPROXY_ENV.items()), key
+        assert "SELFLEARN_ADMIN_TOKEN=" in start, key
+
+
+def dockerfile() -> str:
+    return (REPO / "docker" / "Dockerfile").read_text()
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_constraints_are_the_versions_the_tests_run_with():
+    pins = constraints()
+    assert {"ray", "pyarrow", "torch-geometric", "numpy", "scipy"} <= set(pins) and "torch" not in pins
+    drift = {name: (version, metadata.version(name)) for name, version in pins.items()
+             if metadata.version(name) != version}
+    assert drift == {}
+
+
+def test_the_image_builds_the_constraints_dependency_set():
+    text = dockerfile()
+    assert f"ARG BASE=rayproject/ray:{constraints()['ray']}-{PY_TAG}-cpu" in text
+    assert "-c constraints.txt" in text and "COPY --chown=ray:users constraints.txt" in text
+    torch = re.search(r"ARG TORCH_VERSION=(\S+)", text).group(1)
+    assert torch == metadata.version("torch").split("+")[0]
+    bootstrap = (REPO / "scripts" / "bootstrap.sh").read_text()
+    assert f"torch=={torch}" in bootstrap and "-c constraints.txt" in bootstrap
+    assert f"--build-arg BASE=rayproject/ray:{ray.__version__}-{PY_TAG}-gpu" in text
