@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from raylib.store import Store
+from serve_apps.deploy import free_port
 from serve_apps.rewrite_index import MemoryRewriteIndex, RedisRewriteIndex
 from serve_apps.rewrite_lookup import RewriteLookup
 
@@ -20,17 +20,11 @@ REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server not installed (apt-get install -y redis-server)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     import redis
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path_factory.mktemp("redis"))],

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ from jobs import mine_rewrites, simulate, train_policy
 from raylib.job import EXIT_OK, EXIT_REJECTED
 from raylib.store import Store
 from raylib.tracking import metrics_of
+from serve_apps.deploy import free_port
 
 mlflow = pytest.importorskip("mlflow")
 
 TINY = {"population": {"n_customers": 150}, "routing": {"n_requests": 600}}
 LENIENT = {"min_replication": 0.0, "max_reward_regression": 1.0, "ips_weight_bounds": [0.0, 10.0], "min_ess": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
