@@ -100,8 +100,10 @@ def configure_logging(argv: list[str]) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--log-level", default="INFO", type=str.upper)
     level = pre.parse_known_args(argv)[0].log_level
-    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = level if level in LOG_LEVELS else "INFO"
+    logging.basicConfig(level=level, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpcore"):  # a line per HTTP request (the loop's Serve client)
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def ensure_ray(**local) -> None:
