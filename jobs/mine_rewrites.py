@@ -1,12 +1,14 @@
 """Mine the utterance -> rewrite table (seed 001, absorbing Markov chain) and publish it.
 
     python -m jobs.mine_rewrites --data DATA --out OUT [--depth 5 --epsilon 1e-3 --min-customers 5]
-                                 [--truth SIM_DIR] [--heldout SIM_DIR] [--engine ray|local]
+                                 [--z-rule paper|better] [--truth SIM_DIR] [--heldout SIM_DIR] [--engine ray|local]
 
 ``--data`` holds the contract tables (``interactions`` at least), e.g. a simulator
 output, on a local path or any pyarrow.fs URI. Writes ``summary.json`` and ``report.md``
 into ``--out``, quarantines bad rows under ``--out/rejected`` and publishes a new
-version of the ``rewrites`` artifact in ``--store`` (default ``OUT/store``).
+version of the ``rewrites`` artifact in ``--store`` (default ``OUT/store``): the previous
+version's rows are replaced, withdrawn (``withdrawn_by_reason`` in the summary) or kept
+as ``raylib.rewrite.publish`` describes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from raylib import uri
 from raylib.errors import UserError
 from raylib.job import Job, Outcome, ensure_ray, entrypoint, log, parser
-from raylib.rewrite.filters import FilterParams
+from raylib.rewrite.filters import Z_RULES, FilterParams
 from raylib.rewrite.mining import Mined, MiningParams, mine_local
 from raylib.rewrite.publish import ARTIFACT, publish_rewrites
 from raylib.rewrite.report import render_report
@@ -36,6 +38,9 @@ def _parser(prog: str | None):
     p.add_argument("--min-customers", type=int, default=5, help="distinct customers behind a rewrite (default %(default)s)")
     p.add_argument("--min-support", type=int, default=10, help="times the source utterance was said (default %(default)s)")
     p.add_argument("--alpha", type=float, default=0.01, help="Z-test p-value threshold (default %(default)s)")
+    p.add_argument("--z-rule", choices=Z_RULES, default=FilterParams.z_rule,
+                   help="paper: remove rewrites with significantly HIGHER friction than the source; "
+                        "better: keep only significantly LOWER friction (default %(default)s)")
     p.add_argument("--generic-min-sources", type=int, default=10,
                    help="unrelated sources that make a target generic (default %(default)s)")
     p.add_argument("--truth", help="simulator output with truth_* tables and world.json: quality metrics")
@@ -53,7 +58,7 @@ def _params(args) -> MiningParams:
         raise UserError("need --min-customers, --min-support, --generic-min-sources >= 1 and 0 < --alpha < 1")
     return MiningParams(
         gap_s=args.gap_s, depth=args.depth or None, epsilon=args.epsilon, top_k=args.top_k,
-        filters=FilterParams(min_support=args.min_support, alpha=args.alpha,
+        filters=FilterParams(min_support=args.min_support, alpha=args.alpha, z_rule=args.z_rule,
                              generic_min_sources=args.generic_min_sources, min_customers=args.min_customers),
     )
 
@@ -99,8 +104,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
     job = Job.from_args(JOB, args)
     mined = (_mine_ray if args.engine == "ray" else _mine_local)(job, args.data, params)
     stages = mined.stage_counts()
-    version, merged = publish_rewrites(
-        job.store, mined.table, metadata={"params": params.as_dict(), "data": args.data, "engine": args.engine},
+    version, merged, withdrawn = publish_rewrites(
+        job.store, mined, metadata={"params": params.as_dict(), "data": args.data, "engine": args.engine},
         enabled=False if args.disable else None,
     )
     summary = {
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Outcome:
         "n_rewrites": mined.table.num_rows,
         "removed_by_filter": mined.removed_by_filter,
         "stages": stages,
+        "withdrawn_by_reason": withdrawn,
         "artifact": {"name": ARTIFACT, "rows_after_merge": merged.num_rows, "enabled": job.store.enabled(ARTIFACT)},
         "params": params.as_dict(),
     }

@@ -13,9 +13,8 @@ from raylib.rewrite.approx import approximate_sources, bfs_visited
 from raylib.rewrite.chain import ExactSolver, chain_from_counts, success_matrix_dense
 from raylib.rewrite.counts import session_counts
 from raylib.rewrite.evidence import evidence_per_pair, pair_evidence
-from raylib.rewrite.filters import FilterParams, apply_filters, generic_targets, two_proportion_z_test
+from raylib.rewrite.filters import Z_RULES, FilterParams, apply_filters, generic_targets, two_proportion_z_test
 from raylib.rewrite.mining import MiningParams, build_model, mine_local
-from raylib.rewrite.publish import merge_newest_wins
 from raylib.rewrite.sessions import FAILURE, SESSIONS, SUCCESS, sessionize
 from raylib.rewrite.space import p_h_given_u, p_u_given_h
 from raylib.rewrite.utterance import best_rewrites, success_matrix, utterance_scores
@@ -206,12 +205,34 @@ def test_eq20_matches_brute_force_sum_and_picks_the_rephrase():
 
 # ---- filters ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x_s,n_s,x_t,n_t", [(30, 50, 5, 60), (10, 100, 9, 100), (3, 10, 0, 12), (40, 80, 50, 90)])
-def test_z_test_matches_scipy_chi2(x_s, n_s, x_t, n_t):
-    z, p = two_proportion_z_test([x_s], [n_s], [x_t], [n_t])
+@pytest.mark.parametrize("x_s,n_s,x_t,n_t", [(30, 50, 5, 60), (10, 100, 9, 100), (3, 10, 0, 12), (40, 80, 50, 90),
+                                             (1, 3, 2, 2), (0, 5, 1, 1)])
+def test_z_test_both_directions_match_scipy(x_s, n_s, x_t, n_t):
+    z_low, p_low = two_proportion_z_test([x_s], [n_s], [x_t], [n_t], "lower")
+    z_high, p_high = two_proportion_z_test([x_s], [n_s], [x_t], [n_t], "higher")
+    pooled = (x_s + x_t) / (n_s + n_t)
+    z_ref = (x_s / n_s - x_t / n_t) / np.sqrt(pooled * (1 - pooled) * (1 / n_s + 1 / n_t))
+    assert z_low[0] == pytest.approx(z_ref) and z_high[0] == pytest.approx(z_ref)
+    assert p_low[0] == pytest.approx(scipy.stats.norm.sf(z_ref))
+    assert p_high[0] == pytest.approx(scipy.stats.norm.cdf(z_ref))
+    assert p_low[0] + p_high[0] == pytest.approx(1.0)
     chi2, p_two, _, _ = scipy.stats.chi2_contingency([[x_s, n_s - x_s], [x_t, n_t - x_t]], correction=False)
-    assert z[0] ** 2 == pytest.approx(chi2)
-    assert p[0] == pytest.approx(p_two / 2 if z[0] > 0 else 1 - p_two / 2)
+    assert z_ref ** 2 == pytest.approx(chi2)
+    assert min(p_low[0], p_high[0]) == pytest.approx(p_two / 2)
+
+
+@pytest.mark.parametrize("x_s,n_s,x_t,n_t", [(0, 0, 3, 10), (3, 10, 0, 0), (0, 0, 0, 0), (0, 10, 0, 20), (7, 7, 5, 5)])
+def test_z_test_without_evidence_is_never_significant(x_s, n_s, x_t, n_t):
+    for alternative in ("lower", "higher"):
+        z, p = two_proportion_z_test([x_s], [n_s], [x_t], [n_t], alternative)
+        assert z[0] == 0.0 and p[0] == 0.5
+
+
+def test_z_test_rejects_an_unknown_direction_and_rule():
+    with pytest.raises(ValueError):
+        two_proportion_z_test([1], [2], [1], [2], "two-sided")
+    with pytest.raises(ValueError):
+        FilterParams(z_rule="worse")
 
 
 def candidates(**overrides):
@@ -228,10 +249,23 @@ def test_each_filter_removes_and_counts():
     _, removed, rej = apply_filters(candidates(source_count=[5, 50, 50, 50], source_defects=[4, 40, 40, 40]),
                                     FilterParams())
     assert removed["min_support"] == 1 and rej.column("filter").to_pylist() == ["min_support"]
-    _, removed, _ = apply_filters(candidates(target_defects=[2, 38, 2, 2]), FilterParams())
-    assert removed["z_test"] == 1
+    for rule in Z_RULES:  # friction 0.1 -> 0.8: significantly worse, removed under both rules
+        _, removed, rej = apply_filters(candidates(source_defects=[40, 5, 40, 40], target_defects=[2, 40, 2, 2]),
+                                        FilterParams(z_rule=rule))
+        assert removed["z_test"] == 1 and rej.column("utterance").to_pylist() == ["s2"]
     _, removed, _ = apply_filters(candidates(n_customers=[9, 1, 4, 9]), FilterParams())
     assert removed["min_customers"] == 2
+
+
+def test_paper_rule_keeps_a_rewrite_not_proven_better_that_the_better_rule_removes():
+    cands = candidates(target_defects=[2, 36, 2, 2])  # friction 0.8 -> 0.72: neither significantly better nor worse
+    kept, removed, _ = apply_filters(cands, FilterParams(z_rule="paper"))
+    assert kept.num_rows == 4 and removed["z_test"] == 0
+    p = kept.column("p_value").to_pylist()  # the paper rule's own test: H1 the rewrite is worse
+    assert p[1] == pytest.approx(scipy.stats.norm.cdf(0.93658581), abs=1e-6) and p[0] > 0.99
+    kept, removed, rej = apply_filters(cands, FilterParams(z_rule="better"))
+    assert removed["z_test"] == 1 and rej.column("utterance").to_pylist() == ["s2"]
+    assert kept.column("p_value").to_pylist()[0] < 1e-6
 
 
 def test_generic_target_filter_removes_targets_many_unrelated_sources_collapse_into():
@@ -250,15 +284,3 @@ def test_evidence_counts_sessions_and_distinct_customers():
             turn("b", 0, "x"), turn("b", 5, "y"), turn("c", 0, "y"), turn("c", 5, "x")]
     ev = evidence_per_pair(pair_evidence(sessionize(table(rows)), pa.table({"utterance": ["x"], "rewrite": ["y"]})))
     assert ev.to_pylist() == [{"utterance": "x", "rewrite": "y", "support": 3, "n_customers": 2}]
-
-
-def test_merge_newest_wins_and_keeps_old_rows():
-    def t(pairs, score):
-        n = len(pairs)
-        return pa.table({"utterance": [p[0] for p in pairs], "rewrite": [p[1] for p in pairs], "score": [score] * n,
-                         "n_customers": [5] * n, "support": [5] * n, "p_value": [0.0] * n,
-                         "source_friction": [1.0] * n, "target_friction": [0.0] * n,
-                         "source_interpretation": ["h"] * n, "target_interpretation": ["g"] * n})
-    merged = merge_newest_wins(t([("a", "old"), ("b", "keep")], 0.1), t([("a", "new")], 0.9))
-    assert dict(zip(merged.column("utterance").to_pylist(), merged.column("rewrite").to_pylist())) == \
-        {"a": "new", "b": "keep"}

@@ -47,9 +47,18 @@ def render_report(summary: dict, mined: Mined) -> str:
         lines.append(f"- {reason}: {count}")
     lines += ["", "## Removed by each filter (in order)", "", "| filter | removed |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in summary["removed_by_filter"].items()]
+    filters = summary["params"]["filters"]
+    lines += ["", f"Z-test rule `{filters['z_rule']}` at alpha = {filters['alpha']} ("
+                  + ("removes a rewrite whose friction is significantly higher than the source's"
+                     if filters["z_rule"] == "paper" else "keeps only rewrites whose friction is significantly lower")
+                  + ")."]
     art = summary["artifact"]
     lines += ["", f"Published `{art['name']}` {summary['published_version']} ({art['rows_after_merge']} rows after merging "
-                  f"with the previous version, newest wins; feature flag {'on' if art['enabled'] else 'off'})."]
+                  f"with the previous version: today's rewrites win, earlier rewrites of sources today's traffic holds "
+                  f"but no longer rewrites are withdrawn, the rest are kept; "
+                  f"feature flag {'on' if art['enabled'] else 'off'}).",
+              "", "| earlier rewrites withdrawn because | count |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in summary["withdrawn_by_reason"].items()]
     lines += ["", "## Examples (like the paper's Table 1)", "",
               "| original utterance | rewrite | score (Eq. 20) | kept / removed by |", "| --- | --- | --- | --- |"]
     lines += _examples(mined.table, 10, "kept")
