@@ -19,7 +19,8 @@ def build(args: dict) -> Application:
     """The application for ``args`` (``ServeSettings`` fields; unknown keys are an error)."""
     settings = ServeSettings(**args)
     lookup = RewriteLookup.options(user_config={"version": settings.rewrites_version}).bind(
-        settings.store_root, settings.rewrites_name, settings.rewrite_backend, settings.redis_url, settings.flag_poll_s
+        settings.store_root, settings.rewrites_name, settings.rewrite_backend, settings.redis_url,
+        settings.flag_poll_s, settings.latest_poll_s,
     )
     router = HybridRouter.options(
         user_config={

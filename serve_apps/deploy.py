@@ -1,8 +1,19 @@
 """Deploying the selflearn Serve application: its packaged config, settings overrides,
-the local runtime's ingress environment, and ``deploy`` (the command is ``jobs/serve.py``).
+the local runtime's ingress environment, ``deploy`` and ``status`` (the commands are
+``jobs/serve.py``).
 
-``deploy`` runs the same declarative config ``serve deploy`` would (so
-``POST /v1/admin/reload`` can swap versions through ``user_config``).
+``deploy`` applies the declarative config the way ``serve deploy`` does (Serve started with
+the config's cluster-wide options, then the applications deployed from ``import_path`` +
+``args``), through the connected driver: the local runtime of ``selflearn serve``, or the
+cluster ``selflearn serve deploy`` joins. Ray 2.60 has no public Python call for this:
+``serve.run`` deploys an application built in the caller's process (the config's
+per-deployment options and application ``runtime_env`` would have to be re-applied by hand,
+and the application would have no declarative config for ``serve config`` / ``serve
+deploy``), and the REST endpoint behind ``serve deploy`` (``PUT /api/serve/applications/``)
+needs the dashboard, which local runtimes such as the tests' do not start. So one call,
+``deploy_apps`` on the Serve client, is private: the call Ray's own ``serve run CONFIG``
+makes. Starting Serve, waiting and ``status`` use public APIs (``serve.start``,
+``serve.status``).
 
 Ingress: with the local runtime the HAProxy ingress is switched on
 (``RAY_SERVE_ENABLE_HA_PROXY=1`` + ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, plus
@@ -16,8 +27,11 @@ whatever the cluster was started with.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
+import time
+import urllib.request
 from importlib import resources
 
 import yaml
@@ -92,18 +106,76 @@ def serve_config(base: dict, args: dict, host: str | None = None, port: int | No
     return config
 
 
+def base_url(config: dict) -> str:
+    """The HTTP address of the applications of ``config`` (its ``http_options``)."""
+    http = config.get("http_options", {})
+    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
 def deploy(config: dict, timeout_s: float = 120.0) -> str:
-    """Start Serve (Ray must be initialised) and deploy ``config``; returns the base URL
-    once every application is RUNNING."""
+    """Deploy ``config`` (a ServeDeploySchema dict) on the Ray runtime this process is
+    connected to, starting Serve with the config's proxy location, HTTP, gRPC and logging
+    options if it is not running; returns the base URL once every application is RUNNING.
+    UserError when an application fails to deploy."""
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
     http = config.get("http_options", {})
-    serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
-    client = _get_global_client()
-    client.deploy_apps(schema)
-    for app in schema.applications:
-        client._wait_for_application_running(app.name, timeout_s=timeout_s)
-    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    serve.start(proxy_location=schema.proxy_location, grpc_options=schema.grpc_options.model_dump(),
+                logging_config=schema.logging_config,
+                http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
+    _get_global_client().deploy_apps(schema)  # private, see the module docstring
+    _wait_running([app.name for app in schema.applications], timeout_s)
+    return base_url(config)
+
+
+def _wait_running(names: list[str], timeout_s: float) -> None:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        failed = {n: apps[n].message for n in names if n in apps and apps[n].status == ApplicationStatus.DEPLOY_FAILED}
+        if failed:
+            raise UserError("; ".join(f"deploying {n} failed: {message}" for n, message in failed.items()))
+        if all(n in apps and apps[n].status == ApplicationStatus.RUNNING for n in names):
+            return
+        if time.monotonic() > deadline:
+            states = {n: apps[n].status if n in apps else "absent" for n in names}
+            raise TimeoutError(f"applications not RUNNING after {timeout_s:.0f} s: {states}")
+        time.sleep(0.5)
+
+
+def status(url: str | None = None) -> dict:
+    """Serve on the connected cluster (``serve.status()``): the proxies, and per application
+    its status, message and deployments with their status and replica counts by state.
+    With ``url``: the selflearn application's served versions (``GET url/v1/versions``)
+    under ``versions``, or why they could not be read under ``versions_error``."""
+    from ray import serve
+
+    current = serve.status()  # statuses are str enums (JSON: their names), replica states str
+    out = {
+        "proxies": dict(current.proxies),
+        "applications": {
+            name: {
+                "status": app.status,
+                "message": app.message,
+                "deployments": {
+                    dep_name: {"status": dep.status, "message": dep.message, "replicas": dict(dep.replica_states)}
+                    for dep_name, dep in app.deployments.items()
+                },
+            }
+            for name, app in current.applications.items()
+        },
+    }
+    if url is not None:
+        out["url"] = url
+        try:
+            with urllib.request.urlopen(f"{url}/v1/versions", timeout=10) as response:
+                out["versions"] = json.load(response)
+        except (OSError, ValueError) as exc:  # unreachable, refused, an HTTP error, not JSON
+            out["versions"], out["versions_error"] = None, f"{type(exc).__name__}: {exc}"
+    return out

@@ -2,8 +2,10 @@
 
 Each replica serves one version of the ``policy`` artifact (``HybridPolicy``: RP, LP and the
 per-intent RPDR of seed 002), chosen by ``user_config = {"version": ..., "max_batch_size":
-..., "batch_wait_timeout_s": ...}``. Concurrent requests are grouped by ``@serve.batch``
-and decided with one vectorized ``HybridPolicy.decide`` call. Every decision gets a fresh
+..., "batch_wait_timeout_s": ...}``; ``version: latest`` follows the store's ``LATEST``
+pointer, re-read every ``latest_poll_s`` seconds (``serve_apps.control.LatestFollower``).
+Concurrent requests are grouped by ``@serve.batch`` and decided with one vectorized
+``HybridPolicy.decide`` call. Every decision gets a fresh
 ``request_id`` and goes to the decision log (``serve_apps.decision_log``) with its mixture
 propensity, full mixture distribution and the policy version, off the request path.
 A version swap loads the new policy off the event loop and replaces it with one
@@ -26,6 +28,7 @@ from ray import serve
 
 from raylib.routing.hybrid import HybridPolicy
 from raylib.store import Store
+from serve_apps.control import LatestFollower
 from serve_apps.decision_log import DecisionLogWriter, decision_rows
 from serve_apps.metrics import instruments, report_every, version_number
 from serve_apps.settings import ServeSettings, autoscaling
@@ -82,24 +85,23 @@ class HybridRouter:
             else None
         )
         self.metrics = instruments()
-        self._reload_lock = asyncio.Lock()
+        self.follower = LatestFollower(self.store, self.name, config.latest_poll_s, self._swap_to)
         self._reporter = asyncio.get_running_loop().create_task(report_every(self._report))
 
     async def reconfigure(self, user_config: dict) -> None:
         self.max_batch_size = int(user_config.get("max_batch_size", 64))
         self._decide.set_max_batch_size(self.max_batch_size)
         self._decide.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
-        version = user_config.get("version", "latest")
-        async with self._reload_lock:
-            if version == "latest":
-                version = self.store.latest(self.name)
-                if version is None:
-                    return  # nothing published yet: /v1/route answers 503 until a reload
-            if version == self.version:
-                return
-            art = await asyncio.to_thread(self.store.load, self.name, version)
-            policy = await asyncio.to_thread(HybridPolicy.from_artifact, art)
-            self.policy, self.version, self.intents = policy, art.version, known_intents(policy)
+        await self.follower.configure(user_config.get("version", "latest"))  # none published yet: 503s
+
+    async def _swap_to(self, version: str) -> None:
+        """Load policy ``version`` off the event loop and swap it in (batches in flight
+        finish with the policy they started with), unless it is served already."""
+        if version == self.version:
+            return
+        art = await asyncio.to_thread(self.store.load, self.name, version)
+        policy = await asyncio.to_thread(HybridPolicy.from_artifact, art)
+        self.policy, self.version, self.intents = policy, art.version, known_intents(policy)
 
     async def route(self, request: dict) -> dict | None:
         """Decide one request (utterance, candidates, context, customer_id); None while no
@@ -148,6 +150,10 @@ class HybridRouter:
         """Write the buffered decisions now (operations and tests)."""
         return self.log.flush() if self.log is not None else []
 
+    def version_choice(self) -> dict:
+        """The served version and the one ``user_config`` pins (``pinned``; None: following ``LATEST``)."""
+        return {"version": self.version, "pinned": self.follower.pinned}
+
     def describe(self) -> dict:
         return {
             "version": self.version,
@@ -159,3 +165,4 @@ class HybridRouter:
         if self.log is not None:
             self.log.close()
         self._reporter.cancel()
+        self.follower.stop()

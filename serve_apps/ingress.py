@@ -10,9 +10,10 @@ into policy decisions.
 
 Endpoints: ``POST /v1/rewrite``, ``POST /v1/route``, ``GET /healthz``, ``GET /v1/versions``
 and ``POST /v1/admin/reload`` (bearer token); the OpenAPI schema is at ``/openapi.json``
-and the docs at ``/docs``. Bad requests never reach a deployment: bodies over the size
-limit get 413, malformed JSON and bodies that break the models in ``serve_apps.models``
-get 422, each with a message.
+and the docs at ``/docs``. The admin reload moves the store's ``LATEST`` pointer
+(``serve_apps.control.move_latest``), which the deployments follow. Bad requests never
+reach a deployment: bodies over the size limit get 413, malformed JSON and bodies that
+break the models in ``serve_apps.models`` get 422, each with a message.
 
 Metrics (``serve_apps.metrics``): every request's latency per endpoint (ASGI middleware);
 rewrite requests and utterance outcomes, tallied in the replica and handed to Ray with the
@@ -150,36 +151,34 @@ def make_api(service: "Ingress") -> FastAPI:
     @api.post(
         "/v1/admin/reload",
         response_model=ReloadResponse,
-        summary="Serve the latest version, a given version, or roll back one version",
+        summary="Point the store's LATEST at a version, or one version back, and wait until it is served",
         responses={401: {"description": "missing or wrong admin token"}, 403: {"description": "admin API disabled"},
-                   404: {"description": "no such version"},
-                   409: {"description": "the application was not deployed from a config"}},
+                   404: {"description": "no such version, nothing published, or nothing older to roll back to"},
+                   409: {"description": "the deployment serves a version its config pins"},
+                   504: {"description": "the deployment did not serve the new LATEST in time"}},
     )
     async def reload(body: ReloadRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
         service.authorize(credentials)
-        deployment = DEPLOYMENTS[body.artifact]
         handle = service.lookup if body.artifact == "rewrites" else service.router
-        current = (await handle.describe.remote())["version"]
         name = service.settings.rewrites_name if body.artifact == "rewrites" else service.settings.policy_name
-        versions, latest = await asyncio.to_thread(lambda: (service.store.versions(name), service.store.latest(name)))
-        try:
-            target = control.target_version(versions, latest, current, body.version, body.rollback)
-        except control.VersionNotFound as exc:
-            raise HTTPException(404, str(exc)) from exc
         async with service.reload_lock:
+            served = await handle.version_choice.remote()
+            if served["pinned"] is not None:
+                raise HTTPException(409, f"{DEPLOYMENTS[body.artifact]} serves {served['pinned']}, pinned by its config "
+                                         "(user_config.version); the store's LATEST was not changed")
             try:
-                await asyncio.to_thread(control.apply_user_config, service.app_name, deployment, {"version": target})
-            except UserError as exc:  # e.g. an application started with serve.run, not from a config
-                raise HTTPException(409, str(exc)) from exc
-        if body.artifact == "rewrites":
-            await service.wait_for_rewrites(target)
-        return {"artifact": body.artifact, "previous": current, "version": target}
+                target = await asyncio.to_thread(control.move_latest, service.store, name, body.version, body.rollback)
+            except UserError as exc:  # no such version, nothing published, nothing older to roll back to
+                raise HTTPException(404, str(exc)) from exc
+            await service.wait_until_served(body.artifact, target)
+        return {"artifact": body.artifact, "previous": served["version"], "version": target}
 
     return api
 
 
 WATCH_S = 2.0  # long-poll length of RewriteLookup.watch (short: replicas drain quickly)
 FOLLOW_RETRY_S = 1.0
+RELOAD_WAIT_S = 60.0  # an admin reload's wait for the new version, beyond one LATEST poll
 
 
 @serve.deployment(
@@ -197,7 +196,6 @@ class Ingress:
         self.rewrites = ServedRewrites(self.store, self.settings.rewrites_name, self.settings.rewrite_backend,
                                        self.settings.redis_url, self.settings.flag_poll_s)
         self.admin_token = self.settings.resolved_admin_token()
-        self.app_name = serve.get_replica_context().app_name
         self.reload_lock = asyncio.Lock()
         self.metrics = instruments()
         self.rewrite_requests = Tally(self.metrics.rewrite_requests)
@@ -247,11 +245,23 @@ class Ingress:
         self.metrics.served_version.set(version_number(self.rewrites.version), tags=tags)
         self.metrics.flag_enabled.set(1 if self.rewrites.enabled else 0, tags=tags)
 
-    async def wait_for_rewrites(self, version: str, timeout_s: float = 60.0) -> None:
-        """Return once this replica serves rewrite-table ``version`` (after a reload)."""
-        deadline = time.monotonic() + timeout_s
-        while self.rewrites.version != version and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    async def wait_until_served(self, artifact: str, version: str) -> None:
+        """Return once ``version`` of ``artifact`` is served: by this replica's rewrite-table
+        copy, or by the ``HybridRouter`` replica that answers ``describe``. Deployments
+        following ``LATEST`` re-read it every ``latest_poll_s``; 504 when that plus
+        ``RELOAD_WAIT_S`` (for the load) passes first."""
+        deadline = time.monotonic() + self.settings.latest_poll_s + RELOAD_WAIT_S
+        while True:
+            if artifact == "rewrites":
+                served = self.rewrites.version
+            else:
+                served = (await self.router.describe.remote())["version"]
+            if served == version:
+                return
+            if time.monotonic() > deadline:
+                raise HTTPException(504, f"the store's LATEST names {artifact} {version}, but {served} is still "
+                                         "served (see the replica logs)")
+            await asyncio.sleep(0.1)
 
     async def describe(self) -> tuple[dict, dict]:
         """The rewrite table this replica serves and what ``HybridRouter`` serves now."""

@@ -104,7 +104,9 @@ class HealthResponse(BaseModel):
 
 
 class ReloadRequest(_Request):
-    """Serve the latest version (no ``version``), a given one, or roll back one step."""
+    """Point the store's ``LATEST`` at ``version``, or one version back (``rollback``, as
+    ``selflearn store rollback``); with neither, leave it. The reload answers once the new
+    ``LATEST`` is served."""
 
     artifact: Literal["rewrites", "policy"]
     version: Name | None = None

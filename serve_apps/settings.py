@@ -33,9 +33,11 @@ STORE_ENV = "SELFLEARN_STORE"
 class ServeSettings(BaseModel):
     """Everything the three deployments need to start.
 
-    ``rewrites_version`` / ``policy_version`` are the versions served at start-up
-    (``latest`` resolves when a replica loads); later swaps go through
-    ``POST /v1/admin/reload``, which rewrites the deployments' ``user_config``.
+    ``store_root`` and ``decision_log_dir`` are local paths or ``pyarrow.fs`` URIs (``s3://``,
+    ``gs://``; on a cluster, URIs or paths on storage every node shares). ``rewrites_version``
+    / ``policy_version`` become the deployments' ``user_config.version``: ``latest`` follows
+    the store's ``LATEST`` pointer (re-read every ``latest_poll_s`` seconds: publishes and
+    rollbacks are served without a redeploy), a version id pins that version.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,7 +49,8 @@ class ServeSettings(BaseModel):
     policy_version: str = "latest"
     rewrite_backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    flag_poll_s: float = Field(default=5.0, gt=0)
+    flag_poll_s: float = Field(default=5.0, gt=0)  # feature flag re-read interval
+    latest_poll_s: float = Field(default=5.0, gt=0)  # LATEST re-read interval (deployments serving latest)
     # None: read SELFLEARN_ADMIN_TOKEN in the ingress replica; unset there -> admin disabled.
     admin_token: str | None = None
     max_body_bytes: int = Field(default=256 * 1024, gt=0)

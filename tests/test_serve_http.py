@@ -60,7 +60,7 @@ def served(serve_ray, tmp_path_factory):
     store.publish("rewrites", {"table": _rewrite_table(REWRITES_V1)}, metadata={"test": True})
     store.publish("policy", _policy(seed=1).to_files())
     args = {"store_root": str(root / "store"), "decision_log_dir": str(root / "log"), "admin_token": TOKEN,
-            "flag_poll_s": 0.2, "decision_log_max_age_s": 3600, "max_body_bytes": 20_000}
+            "flag_poll_s": 0.2, "latest_poll_s": 0.5, "decision_log_max_age_s": 3600, "max_body_bytes": 20_000}
     url = deploy(serve_config(packaged_config(), args, host="127.0.0.1", port=free_port()))
     yield {"url": url, "store": store, "log_dir": str(root / "log")}
 
@@ -218,14 +218,15 @@ def test_version_swaps_under_concurrent_traffic_fail_no_request(served):
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
-        assert _reload(url, artifact="rewrites").json() == {"artifact": "rewrites", "previous": "v000001", "version": "v000002"}
+        time.sleep(0.5)  # the deployments follow the publishes; a reload without version waits for them
+        assert _reload(url, artifact="rewrites").json()["version"] == "v000002"
         assert _reload(url, artifact="policy").json()["version"] == "v000002"
         time.sleep(0.5)
-        assert _reload(url, artifact="rewrites", rollback=True).json()["version"] == "v000001"
+        assert _reload(url, artifact="rewrites", rollback=True).json() == {
+            "artifact": "rewrites", "previous": "v000002", "version": "v000001"}
         assert _reload(url, artifact="policy", version="v000001").json()["version"] == "v000001"
         time.sleep(0.5)
-        assert _reload(url, artifact="rewrites").json()["version"] == "v000002"
+        assert _reload(url, artifact="rewrites", version="v000002").json()["version"] == "v000002"
         time.sleep(0.5)
     finally:
         stop.set()
@@ -239,6 +240,7 @@ def test_version_swaps_under_concurrent_traffic_fail_no_request(served):
     assert all(b["results"][0]["rewrite"] == expected[b["version"]] for b in rewrites)
     assert {b["policy_version"] for b in routes} == {"v000001", "v000002"}
     assert requests.get(f"{url}/v1/versions").json()["rewrites"]["version"] == "v000002"
+    assert (store.latest("rewrites"), store.latest("policy")) == ("v000002", "v000001")  # the reloads moved LATEST
 
 
 def test_decision_log_is_valid_routing_log_and_feeds_the_policy_training_job(served, tmp_path):

@@ -1,11 +1,12 @@
-"""Serving parts without Serve: rewrite index, version choice, config rewrite for swaps,
-decision-log rows and the rotating writer, request models, settings, the replicas' HTTP
-middleware and the CLI."""
+"""Serving parts without Serve: rewrite index, version choice (moving LATEST, following it),
+config rewrite for user_config changes, decision-log rows and the rotating writer, request
+models, settings, the replicas' HTTP middleware and the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import time
 
@@ -14,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from raylib.errors import UserError
 from raylib.routing.features import top_intents
 from raylib.routing.toy import ToyBandit
 from raylib.uri import read_table
 from raylib.validate import validate
 from raylib.store import Store
-from serve_apps.control import VersionNotFound, deployed_config, target_version, with_user_config
+from serve_apps.control import LatestFollower, VersionNotFound, deployed_config, move_latest, with_user_config
 from serve_apps.decision_log import ANONYMOUS_CUSTOMER, DecisionLogWriter, decision_rows
 from serve_apps.http_middleware import DISCONNECT_DISABLED, SkipDisconnectWatch, middlewares
 from serve_apps.hybrid_router import intent_label
@@ -47,35 +49,69 @@ def test_memory_index_lookup_in_order_with_misses():
     assert index.size() == 2
 
 
-@pytest.mark.parametrize(
-    "current, version, rollback, expected",
-    [
-        ("v000002", None, False, "v000003"),
-        ("v000003", "v000001", False, "v000001"),
-        ("v000003", None, True, "v000002"),
-        ("v000002", None, True, "v000001"),
-    ],
-)
-def test_target_version(current, version, rollback, expected):
-    versions = ["v000001", "v000002", "v000003"]
-    assert target_version(versions, "v000003", current, version, rollback) == expected
+def test_move_latest_points_latest_at_a_version_or_one_back(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(VersionNotFound, match="nothing has been published"):
+        move_latest(store, "policy", None, False)
+    for run in range(3):
+        store.publish("policy", {"config": {"run": run}})
+    assert move_latest(store, "policy", None, False) == "v000003" and store.latest("policy") == "v000003"
+    assert move_latest(store, "policy", None, True) == "v000002" and store.latest("policy") == "v000002"
+    assert move_latest(store, "policy", "v000003", False) == "v000003" and store.latest("policy") == "v000003"
+    assert move_latest(store, "policy", "v000001", False) == "v000001" and store.latest("policy") == "v000001"
+    with pytest.raises(UserError, match="oldest"):
+        move_latest(store, "policy", None, True)
+    with pytest.raises(UserError, match="no version 'v000007'"):
+        move_latest(store, "policy", "v000007", False)
+    assert store.latest("policy") == "v000001"
 
 
-@pytest.mark.parametrize(
-    "versions, latest, current, version, rollback, message",
-    [
-        (["v000001"], "v000001", "v000001", None, True, "oldest"),
-        (["v000001"], "v000001", None, None, True, "not in the store"),
-        (["v000001"], "v000001", "v000001", "v000007", False, "no version 'v000007'"),
-        ([], None, None, None, False, "nothing has been published"),
-    ],
-)
-def test_target_version_errors(versions, latest, current, version, rollback, message):
-    with pytest.raises(VersionNotFound, match=message):
-        target_version(versions, latest, current, version, rollback)
+def test_latest_follower_follows_the_pointer_unless_pinned(tmp_path, caplog):
+    """``latest`` follows LATEST within a poll; a pinned version stays; a version that fails
+    to load is logged and the served one kept; unpinning follows again."""
+    store = Store(str(tmp_path / "store"))
+    for run in range(3):
+        store.publish("policy", {"config": {"run": run}})
+    served, broken = [], {"v000002"}
+
+    async def swap_to(version):
+        if version in broken:
+            raise OSError(f"cannot load {version}")
+        if not served or served[-1] != version:
+            served.append(version)
+
+    async def until(predicate):
+        for _ in range(200):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(served)
+
+    async def scenario():
+        follower = LatestFollower(store, "policy", 0.02, swap_to)
+        await follower.configure("latest")
+        assert served == ["v000003"] and follower.pinned is None
+        store.rollback("policy", to="v000001")
+        await until(lambda: served[-1] == "v000001")
+        await follower.configure("v000003")
+        store.rollback("policy", to="v000002")  # pinned: not followed
+        await asyncio.sleep(0.1)
+        assert served[-1] == "v000003" and follower.pinned == "v000003"
+        with pytest.raises(OSError):  # following again, LATEST names a version that fails to load
+            await follower.configure("latest")
+        await asyncio.sleep(0.1)  # the polls fail too (logged); v000003 stays served
+        assert served[-1] == "v000003" and follower.pinned is None
+        store.rollback("policy", to="v000001")
+        await until(lambda: served[-1] == "v000001")
+        follower.stop()
+
+    with caplog.at_level(logging.ERROR, logger="serve_apps.control"):
+        asyncio.run(scenario())
+    assert served == ["v000003", "v000001", "v000003", "v000001"]
+    assert "following policy LATEST failed" in caplog.text
 
 
-def test_swap_config_changes_only_the_deployments_user_config():
+def test_user_config_change_touches_only_that_deployment():
     details = {
         "http_options": {"host": "127.0.0.1", "port": 8000},
         "proxy_location": "EveryNode",
@@ -89,16 +125,16 @@ def test_swap_config_changes_only_the_deployments_user_config():
     }
     config = deployed_config(details)
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8000} and len(config["applications"]) == 2
-    config, router = with_user_config(config, "selflearn", "HybridRouter", {"version": "v000002"})
-    assert router == {"version": "v000002", "max_batch_size": 64}
-    config, lookup = with_user_config(config, "selflearn", "RewriteLookup", {"version": "v000004"})
+    config = with_user_config(config, "selflearn", "HybridRouter", {"version": "latest", "max_batch_size": 8})
+    config = with_user_config(config, "selflearn", "RewriteLookup", {"version": "v000004"})
     app = config["applications"][0]
-    assert app["args"] == {"store_root": "/s"} and lookup == {"version": "v000004"}
-    assert [d["name"] for d in app["deployments"]] == ["HybridRouter", "RewriteLookup"]
+    assert app["args"] == {"store_root": "/s"}
+    assert app["deployments"] == [{"name": "HybridRouter", "user_config": {"version": "latest", "max_batch_size": 8}},
+                                  {"name": "RewriteLookup", "user_config": {"version": "v000004"}}]
     assert config["applications"][1] == {"name": "other", "import_path": "x:y"}
 
 
-def test_swap_config_needs_a_declarative_deployment():
+def test_user_config_change_needs_a_declarative_deployment():
     with pytest.raises(Exception, match="deployed from a config"):
         deployed_config({"applications": {"a": {"deployed_app_config": None}}})
 
@@ -195,6 +231,16 @@ def test_serve_config_merges_args_and_checks_settings(tmp_path):
     assert config["http_options"] == {"host": "127.0.0.1", "port": 9999}
     with pytest.raises(Exception, match="bad serving settings"):
         serve_config(packaged_config(), {"no_such_setting": 1})
+    store, log = "s3://b/store?endpoint_override=127.0.0.1:9&scheme=http", "gs://b/log"
+    uris = serve_config(packaged_config(), {"store_root": store, "decision_log_dir": log})["applications"][0]["args"]
+    assert (uris["store_root"], uris["decision_log_dir"]) == (store, log)
+
+
+def test_packaged_config_logs_json_and_leaves_user_config_to_the_args():
+    """A ``user_config`` in the config would override the args' versions and batch settings."""
+    config = packaged_config()
+    assert config["logging_config"]["encoding"] == "JSON"
+    assert all("user_config" not in d for d in config["applications"][0]["deployments"])
 
 
 @pytest.mark.parametrize("path, marked", [("/v1/rewrite", True), ("/prefix/v1/rewrite", True), ("/v1/route", False),
@@ -225,6 +271,11 @@ def test_cli_bad_arguments_are_one_line_errors(capsys):
     assert err.startswith("error: bad serving settings") and err.count("\n") == 1
     assert main(["--set", "novalue"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["deploy", "--set", "novalue"]) == 2  # checked before joining any cluster
+    assert "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["status", "--store", "x"])  # status takes no config options
+    assert "unrecognized arguments: --store" in capsys.readouterr().err
 
 
 def test_rewrite_lookup_announces_its_version_and_a_copy_follows_it(tmp_path):
@@ -255,3 +306,4 @@ def test_rewrite_lookup_announces_its_version_and_a_copy_follows_it(tmp_path):
     assert mine == owners == {"version": "v000002", "enabled": True, "results": [
         {"utterance": "Turn OF the  Lights", "normalized": "turn of the lights", "rewrite": "lights off", "score": 0.8}]}
     assert copy.describe() == lookup.describe() == {"version": "v000002", "enabled": True, "backend": "memory", "size": 1}
+    assert lookup.version_choice() == {"version": "v000002", "pinned": None}
