@@ -22,7 +22,9 @@ HELD-OUT traffic of the same world (a new traffic seed):
     router logged with each decision (``logging_true_value``).
 After a round the policy is retrained on every decision log so far (each row carries the
 propensity it was logged with), guard-railed, published, and reloaded; the rewrite table
-is re-mined on the round's traffic and merged with the previous version.
+is re-mined on the traffic window so far (training traffic + rounds 1..r) and published
+over the previous version: today's rewrites win, rewrites the window no longer supports are
+withdrawn (``raylib.rewrite.publish``).
 
 Finally the PDRFE customer/skill embeddings are measured as optional router features
 (inputs of the policy network, ``train_policy --embeddings``): the last policy training is

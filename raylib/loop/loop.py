@@ -72,7 +72,7 @@ class Loop:
             refreshed = stages.run(f"round-{rnd}-retrain-policy", params,
                                    lambda: jobs.train_policy(self.rounds.learning_data(rnd), f"policy-{rnd}"))
             remined = stages.run(f"round-{rnd}-remine-rewrites", params,
-                                 lambda: jobs.mine(self.rounds.traffic(rnd), f"mine-{rnd}"))
+                                 lambda: jobs.mine(self.rounds.mining_window(rnd), f"mine-{rnd}"))
             refreshes.append({"round": rnd, "policy": refreshed, "rewrites": remined})
             last_training = refreshed
             policy_version = refreshed["version"] or policy_version

@@ -54,6 +54,14 @@ def round_defect_rates(rates: dict) -> dict:
             "rewritten_share": rates["rewritten_requests"] / requests if requests else None, "requests": requests}
 
 
+def pool(directory: str, sources: list[str], tables: tuple[str, ...]) -> str:
+    """Tables ``tables`` of every directory in ``sources`` as one directory (a part each)."""
+    for table in tables:
+        for part, src in enumerate(sources):
+            uri.write_table(uri.read_table(src, table), directory, table, part)
+    return directory
+
+
 class Rounds:
     """The loop's rounds under ``out``: traffic in ``out/data/round-<r>``, decisions in
     ``out/rounds/round-<r>``, the router's decision log in ``out/decision_log``. The world
@@ -199,11 +207,21 @@ class Rounds:
     def learning_data(self, rnd: int) -> str:
         """Every decision log so far (the simulator's log + rounds 1..rnd), each row with the
         propensity it was logged with, as one contract-table directory for train_policy."""
-        directory = self.path("data", f"learn-{rnd}")
         sources = [self.train_dir] + [self.path("rounds", f"round-{k}") for k in range(1, rnd + 1)]
-        for table in ("routing_log", "truth_routing"):
-            for part, src in enumerate(sources):
-                uri.write_table(uri.read_table(src, table), directory, table, part)
+        return pool(self.path("data", f"learn-{rnd}"), sources, ("routing_log", "truth_routing"))
+
+    def mining_window(self, rnd: int) -> str:
+        """The traffic rewrites are mined from after round ``rnd``: the training traffic and
+        rounds 1..rnd, one directory (with their ground truth for the quality figures). A
+        window, not the last round alone: a rewrite is withdrawn when the window no longer
+        supports it, and one round is too little traffic to judge that (seed 001 mines
+        months of logs)."""
+        sources = [self.train_dir] + [self.traffic(k) for k in range(1, rnd + 1)]
+        directory = pool(self.path("data", f"mine-window-{rnd}"), sources, ("interactions", "truth_turns"))
+        truth = pa.concat_tables([uri.read_table(src, "truth_rewrites") for src in sources])
+        first = sorted({u: i for i, u in reversed(list(enumerate(truth["utterance"].to_pylist())))}.values())
+        uri.write_table(truth.take(first), directory, "truth_rewrites")
+        uri.write_bytes(uri.join(directory, "world.json"), uri.read_bytes(uri.join(self.train_dir, "world.json")))
         return directory
 
     def serving(self, rewrites_version: str | None, policy_version: str | None) -> Service:
