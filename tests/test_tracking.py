@@ -46,7 +46,7 @@ def tracking_server(tmp_path_factory):
         except requests.RequestException:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            os.killpg(proc.pid, 9)
             raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
         time.sleep(0.5)
     yield url
