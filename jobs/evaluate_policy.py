@@ -29,11 +29,15 @@ def parse_args(argv, prog):
     p.add_argument("--guardrails", help="guard-rails YAML (default: built-in; see jobs/policy_guardrails.yaml)")
     p.add_argument("--epochs", type=int, default=6, help="reward-model training epochs")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers for the reward model (0: in-process)")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
+                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
+                   "first loss (default %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.replicates < 0 or args.num_workers < 0:
-        raise UserError("--epochs must be >= 1, --replicates and --num-workers >= 0")
+    if args.epochs < 1 or args.replicates < 0 or args.num_workers < 0 or args.max_failures < 0:
+        raise UserError("--epochs must be >= 1, --replicates, --num-workers and --max-failures >= 0")
     return args
 
 
@@ -61,6 +65,7 @@ def main(argv=None, prog=None) -> Outcome:
         reward=TrainSettings(epochs=args.epochs, seed=args.seed),
         num_workers=args.num_workers,
         storage_path=job.train_storage,
+        max_failures=args.max_failures,
     )
     reward_model = CrossFitRewardModel.fit(data.log, policy.vocab, settings)
     result = assess(policy, data.log, rails, reward_model, data.truth, args.replicates, args.seed)

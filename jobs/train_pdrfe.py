@@ -7,7 +7,8 @@ simulator output), quarantines malformed rows to OUT/rejected, builds the custom
 graph (one edge per interaction, 80/20 edge split), encodes each unique utterance once
 (cached by encoder version), trains every baseline and PDRFE variant on link prediction
 with Ray Train (DDP, a checkpoint each epoch; a rerun with the same settings resumes from
-the latest checkpoint), scores each by the test cross-entropy of a logistic-regression and
+the latest checkpoint, and up to --max-failures lost workers or nodes are survived by
+restarting from it), scores each by the test cross-entropy of a logistic-regression and
 a 2-layer-NN defect classifier (6:2:2 split), publishes the chosen model's embeddings to the
 store as "embeddings", and writes OUT/summary.json, OUT/report.md and OUT/ablation.png.
 """
@@ -48,6 +49,10 @@ def parse_args(argv, prog):
     p.add_argument("--store", help="artifact store root for the 'embeddings' artifact (default: OUT/store)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers, one per GPU with --use-gpu (default 2)")
     p.add_argument("--use-gpu", action="store_true", help="train on CUDA, one GPU per worker")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
+                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
+                   "first loss (default %(default)s)")
     p.add_argument("--epochs", type=int, default=5, help="link-prediction epochs, <= 10 as in Table 6 (default 5)")
     p.add_argument("--edges-per-epoch", type=int, default=0, help="cap on training edges drawn per epoch (0: all)")
     p.add_argument("--dim", type=int, default=64, help="node embedding width (Table 6: 128; default 64)")
@@ -79,8 +84,8 @@ def parse_args(argv, prog):
     for name in ("num_workers", "epochs", "dim", "layers", "batch_size", "encoder_dim"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.edges_per_epoch < 0 or args.downstream_rows < 0 or args.lr <= 0:
-        raise UserError("--edges-per-epoch and --downstream-rows must be >= 0 and --lr > 0")
+    if args.edges_per_epoch < 0 or args.downstream_rows < 0 or args.max_failures < 0 or args.lr <= 0:
+        raise UserError("--edges-per-epoch, --downstream-rows and --max-failures must be >= 0 and --lr > 0")
     return args
 
 
@@ -180,9 +185,12 @@ def main(argv=None, prog=None) -> Outcome:
             ce[name] = defect_cross_entropy(one_hot_features(data)[rows], y, args.seed)
             log.info("%s: cross-entropy %s (%.0f s)", name, ce[name], time.time() - t0)
             continue
-        trained = fit(SPECS[name], data, cfg, args.num_workers, args.use_gpu, storage_path=job.train_storage)
+        trained = fit(SPECS[name], data, cfg, args.num_workers, args.use_gpu, storage_path=job.train_storage,
+                      max_failures=args.max_failures)
         device = trained.metrics.get("device", device)
-        training[name] = {k: trained.metrics[k] for k in ("loss", "loss_history", "edges_per_s", "edges_per_worker")}
+        # start_epoch: the epoch the final attempt began at (> 0 after a resume or a restart)
+        training[name] = {k: trained.metrics[k] for k in ("loss", "loss_history", "edges_per_s", "edges_per_worker",
+                                                          "start_epoch")}
         ce[name] = defect_cross_entropy(edge_features(trained.model, data)[rows], y, args.seed)
         log.info("%s: cross-entropy %s, loss %s (%.0f s)", name, ce[name], trained.metrics["loss_history"],
                  time.time() - t0)

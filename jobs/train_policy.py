@@ -48,6 +48,10 @@ def parse_args(argv, prog):
     p.add_argument("--epochs", type=int, default=10, help="training epochs per network")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
+                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
+                   "first loss (default %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
     p.add_argument("--refresh-rounds", type=int, default=0, help="also run N simulated refreshes (needs world.json in DATA)")
     p.add_argument("--refresh-rows", type=int, default=4000, help="requests per simulated refresh round")
@@ -62,7 +66,8 @@ def parse_args(argv, prog):
                    help="with tracking on: the MLflow registered model a released policy joins (default selflearn-policy)")
     p.add_argument("--alias", default="production", help="MLflow alias moved to a released policy (default production)")
     args = p.parse_args(argv)
-    for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "refresh_rp_every", "num_workers"):
+    for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "refresh_rp_every", "num_workers",
+                 "max_failures"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 < args.kappa_target <= 1.0:
@@ -106,6 +111,7 @@ def learn_settings(args, storage_path: str, embeddings=None):
         num_workers=args.num_workers,
         use_gpu=args.use_gpu,
         storage_path=storage_path,
+        max_failures=args.max_failures,
         embeddings=embeddings,
         embedding_product=args.embedding_product,
     )

@@ -52,6 +52,7 @@ class Node:
         self.temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: unix socket paths
         ports = free_ports(9)
         agent, agent_grpc, env_agent, metrics, nm, om = ports[3:]
+        self.node_manager_port = nm  # what ``ray.nodes()`` reports as NodeManagerPort: names the node
         self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w+")
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
                "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
@@ -139,6 +140,38 @@ class Cluster:
             except (ConnectionError, RuntimeError, requests.RequestException):
                 time.sleep(0.5)
         raise TimeoutError(f"the job server at {self.head.dashboard} did not come up:\n{self.head.output()}")
+
+    def run_snippet(self, code: str, timeout: float = 120.0):
+        """Run ``code`` in a Python process joined to the cluster (``ray.init`` done, ``ray``
+        and ``json`` imported) and return what it passed to ``emit(value)`` (JSON)."""
+        prelude = ("import ray, json; ray.init(address='auto')\n"
+                   "def emit(value): print('SNIPPET-RESULT ' + json.dumps(value), flush=True)\n")
+        out = subprocess.run([sys.executable, "-c", prelude + code], env=dict(self.env, RAY_ADDRESS=self.head.gcs),
+                             capture_output=True, text=True, timeout=timeout)
+        results = [line.split(" ", 1)[1] for line in out.stdout.splitlines() if line.startswith("SNIPPET-RESULT ")]
+        if out.returncode != 0 or not results:
+            raise RuntimeError(f"snippet failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        return json.loads(results[-1])
+
+    def node_by_id(self, node_id: str) -> Node:
+        """Our ``Node`` whose Ray node id is ``node_id`` (matched by node manager port)."""
+        ports = self.run_snippet("emit({n['NodeID']: n['NodeManagerPort'] for n in ray.nodes() if n['Alive']})")
+        return next(node for node in self.nodes if node.node_manager_port == ports[node_id])
+
+    def replace_worker(self, node: Node) -> Node:
+        """A node failure and its replacement: SIGKILL ``node`` (a worker), forget it and
+        add a fresh worker node; returns the new one."""
+        node.kill()
+        node.stop()  # only closes its log and removes its temporary directory now
+        self.workers.remove(node)
+        new = self.add_worker()
+        deadline = time.monotonic() + 120  # the dead node may still count as alive: wait for this one
+        while new.node_manager_port not in self.run_snippet(
+                "emit([n['NodeManagerPort'] for n in ray.nodes() if n['Alive']])"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the new worker did not join:\n{new.output()}")
+            time.sleep(1.0)
+        return new
 
     def alive_nodes(self) -> int:
         out = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto'); "

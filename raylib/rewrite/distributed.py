@@ -3,8 +3,8 @@
 1. ``read_parquet`` the interactions; ``map_batches`` validates them (bad rows are written
    to ``<quarantine>/rejected`` and counted there).
 2. Each row gets a bucket = crc32(customer_id, device_id) mod B; ``groupby(bucket)
-   .map_groups(sessionize)`` under the hash-shuffle strategy (no global sort: rows are
-   hash-partitioned by bucket and only sorted inside their partition).
+   .map_groups(sessionize)`` (a sort shuffle on that small integer: each bucket lands
+   whole in one block and is sessionized there).
 3. ``map_batches(session_counts)`` + ``groupby(kind, key1, key2).sum`` aggregate counts.
 4. Q and R (CSR) go once into the object store (``ray.put``); a dataset of source states
    is processed by ``map_batches`` on an actor pool, each batch doing BFS + sub-chain
@@ -13,11 +13,26 @@
    sessions, filters (``finalize``).
 
 Every partial result is summed or sorted by key, so the table equals ``mine_local``'s.
+
+Node failures. Both groupbys run under Ray Data's pull-based sort shuffle
+(``task_shuffle``), whose sample, map and reduce steps are plain tasks: a worker node lost
+mid-job only costs time (a lost block is recomputed from its lineage, a retried task
+recomputes the same blocks), and validation's quarantine parts are content-named
+(``raylib.validate.quarantine``), so a re-executed task rewrites its own file. (Ray
+Data's hash shuffle keeps the shards in aggregator actors that are not restarted, behind
+shard pushes that are not idempotent: ray-project/ray#59142.) The solver actor pool
+restarts lost actors and retries their tasks (Ray Data's defaults); the chain and the
+candidates are ``ray.put`` by the driver, on the head node. ``tests/test_cluster_faults.py``
+SIGKILLs a worker node during sessionization and checks the table is unchanged.
+
+The driver logs the start of each stage at INFO (logger ``raylib.rewrite.distributed``,
+"mining: <stage> started"), so a job's log shows how far it got.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import zlib
 
 import numpy as np
@@ -36,20 +51,16 @@ from raylib.schema import INTERACTIONS
 from raylib.validate import quarantine, validate
 
 DEFAULT_BUCKETS = 16
+log = logging.getLogger(__name__)
 
 
-_SHUFFLE_SETTINGS = {
-    "shuffle_strategy": ShuffleStrategy.HASH_SHUFFLE,
-    # Aggregator actors take a fraction of a CPU so that on a small cluster they never
-    # hold every CPU while the map tasks feeding them wait for one.
-    "hash_shuffle_operator_actor_num_cpus_override": 0.25,
-    "hash_aggregate_operator_actor_num_cpus_override": 0.25,
-}
+_SHUFFLE_SETTINGS = {"shuffle_strategy": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED}
 
 
 @contextlib.contextmanager
-def hash_shuffle():
-    """Ray Data datasets created inside use hash partitioning for groupby (no global sort)."""
+def task_shuffle():
+    """Ray Data groupbys run inside use the pull-based sort shuffle: map and reduce tasks
+    only (no aggregator actors), recoverable from lineage after a node failure."""
     ctx = DataContext.get_current()
     before = {k: getattr(ctx, k) for k in _SHUFFLE_SETTINGS}
     for k, v in _SHUFFLE_SETTINGS.items():
@@ -117,14 +128,21 @@ def mine_ray(
 ) -> Mined:
     """The distributed path. ``interactions`` is a ``ray.data.Dataset`` of raw rows (e.g.
     ``ray.data.read_parquet``); rejected rows are quarantined under ``quarantine``."""
-    with hash_shuffle():
-        good = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow").materialize()
-        if good.count() == 0:  # nothing valid: the shuffle would have no schema to work with
+    with task_shuffle():
+        log.info("mining: quarantine started")
+        checked = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow").materialize()
+        if checked.count() == 0:  # nothing valid: the shuffle would have no schema to work with
             return mine_local(INTERACTIONS.empty_table(), params)
+        # A dataset keeps the DataContext it was created under (and so do the datasets derived
+        # from it): the caller made ``interactions``, so the shuffle settings only reach the
+        # groupbys through a dataset created here, over the same (lineage-backed) blocks.
+        good = ray.data.from_arrow_refs(checked.to_arrow_refs())
+        log.info("mining: sessionize started (%d valid rows, %d buckets)", good.count(), n_buckets)
         bucketed = good.map_batches(_with_bucket, fn_args=(n_buckets,), batch_format="pyarrow")
         sessions = bucketed.groupby("bucket", num_partitions=n_buckets).map_groups(
             _sessionize_bucket, fn_args=(params.gap_s,), batch_format="pyarrow"
         ).materialize()
+        log.info("mining: counts started")
         partial = sessions.map_batches(session_counts, batch_format="pyarrow", batch_size=None)
         summed = _collect(partial.groupby(["kind", "key1", "key2"]).sum(["count", "defects"]))
     counts = reduce_counts(
@@ -135,6 +153,7 @@ def mine_ray(
     n = model.chain.n_states
     results = SOURCE_RESULTS.empty_table()
     if n:
+        log.info("mining: source solves started (%d states)", n)
         chain_ref = ray.put((model.chain.Q, model.chain.R))  # once in the object store
         sources = ray.data.range(n, override_num_blocks=max(1, -(-n // source_batch)))
         solved = sources.map_batches(
@@ -147,6 +166,7 @@ def mine_ray(
             results = results.take(pc.sort_indices(results, sort_keys=[("source", "ascending"), ("target", "ascending")]))
     candidates = candidate_rewrites(model, results)
     cand_ref = ray.put(candidates.select(["utterance", "rewrite"]))
+    log.info("mining: evidence started (%d candidates)", candidates.num_rows)
     evidence = reduce_evidence(
         _collect(sessions.map_batches(_evidence, fn_args=([cand_ref],), batch_format="pyarrow", batch_size=None))
         or [EVIDENCE.empty_table()]

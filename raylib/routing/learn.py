@@ -52,6 +52,7 @@ class LearnSettings:
     num_workers: int = 0  # 0: in-process; >= 1: Ray Train TorchTrainer workers
     use_gpu: bool = False
     storage_path: str | None = None
+    max_failures: int = 0  # Ray Train worker-group restarts per network (resumed from the last checkpoint)
     embeddings: EmbeddingTables | None = None  # PDRFE inputs of the new networks (None: none)
     embedding_product: bool = False  # also feed c ⊙ s_k (model.PolicyNetwork)
 
@@ -91,7 +92,8 @@ def _columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _train(config: NetworkConfig, arrays: dict, objective: str, train: TrainSettings, s: LearnSettings):
-    return train_network(config, arrays, objective, train, s.num_workers, s.use_gpu, s.storage_path)
+    return train_network(config, arrays, objective, train, s.num_workers, s.use_gpu, s.storage_path,
+                         max_failures=s.max_failures)
 
 
 def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tuple[RewardModel, list[float]]:

@@ -156,7 +156,9 @@ def train_network(
     (``storage_path`` None: a fresh temporary directory), which resumes from its latest
     checkpoint; ``name`` None: ``run_name`` of the objective,
     settings, network config, initial state and a fingerprint of ``data``, so only the
-    same training resumes a run. The trained weights come back from the last checkpoint."""
+    same training resumes a run. ``max_failures`` worker-group restarts (a lost worker or
+    node) are allowed, each resuming the run's latest checkpoint (``raylib.trainer.fit``).
+    The trained weights come back from the last checkpoint."""
     settings = settings or TrainSettings()
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
