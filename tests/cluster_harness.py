@@ -174,14 +174,21 @@ class Cluster:
         return new
 
     def alive_nodes(self) -> int:
-        out = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto'); "
-                              "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))"],
-                             env=dict(self.env, RAY_ADDRESS=self.head.gcs), capture_output=True, text=True)
+        """Nodes the GCS reports alive (0 when it cannot be asked within 60 s)."""
+        try:
+            out = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto'); "
+                                  "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))"],
+                                 env=dict(self.env, RAY_ADDRESS=self.head.gcs), capture_output=True, text=True,
+                                 timeout=60)
+        except subprocess.TimeoutExpired:
+            return 0
         return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
     def wait_for_nodes(self, n: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.alive_nodes() < n:
+            if self.head.proc.poll() is not None:
+                raise RuntimeError(f"the head exited with {self.head.proc.returncode}:\n{self.head.output()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {n} nodes alive:\n" + "\n".join(w.output() for w in self.workers))
             time.sleep(1.0)
