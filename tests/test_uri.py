@@ -1,0 +1,22 @@
+"""Locations that are URIs: ``raylib.uri`` keeps a URI's query (an S3 endpoint) through
+joins. Every job against ``s3://`` is tested where it runs, submitted to a multi-node
+cluster: ``tests/test_cluster_jobs.py``."""
+
+from __future__ import annotations
+
+from raylib import uri
+
+
+def test_join_keeps_a_uri_query_at_the_end():
+    root = "s3://b/run?endpoint_override=127.0.0.1:9&scheme=http"
+    assert uri.join(root, "store", "rewrites/") == "s3://b/run/store/rewrites?endpoint_override=127.0.0.1:9&scheme=http"
+    assert uri.join("/tmp/x/", "a") == "/tmp/x/a" and uri.absolute("rel") != "rel" and uri.absolute(root) == root
+
+
+def test_local_writes_replace_the_file_whole(tmp_path):
+    target = str(tmp_path / "d" / "f.json")
+    uri.write_text(target, "old")
+    uri.write_text(target, "new")
+    assert uri.read_bytes(target) == b"new" and sorted(p.name for p in (tmp_path / "d").iterdir()) == ["f.json"]
+    assert uri.create_exclusive(str(tmp_path / "claim"), b"a") and not uri.create_exclusive(str(tmp_path / "claim"), b"b")
+    assert uri.read_bytes(str(tmp_path / "claim")) == b"a"
