@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from raylib.errors import UserError
-from raylib.job import Job, Outcome, ensure_ray, entrypoint, log, parser
+from raylib.job import Job, Outcome, add_max_failures, ensure_ray, entrypoint, log, parser
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
 from raylib.graph.downstream import defect_cross_entropy, edge_features, one_hot_features
@@ -49,10 +49,7 @@ def parse_args(argv, prog):
     p.add_argument("--store", help="artifact store root for the 'embeddings' artifact (default: OUT/store)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers, one per GPU with --use-gpu (default 2)")
     p.add_argument("--use-gpu", action="store_true", help="train on CUDA, one GPU per worker")
-    p.add_argument("--max-failures", type=int, default=3,
-                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
-                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
-                   "first loss (default %(default)s)")
+    add_max_failures(p)
     p.add_argument("--epochs", type=int, default=5, help="link-prediction epochs, <= 10 as in Table 6 (default 5)")
     p.add_argument("--edges-per-epoch", type=int, default=0, help="cap on training edges drawn per epoch (0: all)")
     p.add_argument("--dim", type=int, default=64, help="node embedding width (Table 6: 128; default 64)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from raylib.errors import UserError
-from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, ensure_ray, entrypoint, log, parser
+from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, add_max_failures, ensure_ray, entrypoint, log, parser
 from raylib.routing.data import read_routing
 
 JOB = "train-policy"
@@ -48,10 +48,7 @@ def parse_args(argv, prog):
     p.add_argument("--epochs", type=int, default=10, help="training epochs per network")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
-    p.add_argument("--max-failures", type=int, default=3,
-                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
-                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
-                   "first loss (default %(default)s)")
+    add_max_failures(p)
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
     p.add_argument("--refresh-rounds", type=int, default=0, help="also run N simulated refreshes (needs world.json in DATA)")
     p.add_argument("--refresh-rows", type=int, default=4000, help="requests per simulated refresh round")

@@ -95,6 +95,14 @@ def parser(prog: str | None, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_max_failures(p: argparse.ArgumentParser) -> None:
+    """``--max-failures``: what a training job's Ray Train runs survive (``raylib.trainer``)."""
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="Ray Train worker-group restarts allowed per trained network after a lost worker or node "
+                   "(e.g. a reclaimed spot instance), each resuming from the latest checkpoint; 0: fail at the "
+                   "first loss (default %(default)s)")
+
+
 def configure_logging(argv: list[str]) -> None:
     """Log through ``logging`` to stderr at the ``--log-level`` found in ``argv``."""
     pre = argparse.ArgumentParser(add_help=False)
