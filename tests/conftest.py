@@ -96,6 +96,19 @@ def s3_module(s3_server) -> S3:
 
 
 @pytest.fixture(scope="module")
+def cluster(s3_server):
+    """A multi-node cluster for one test module (``tests/cluster_harness.py``: a 0-CPU head
+    and two 2-CPU worker nodes) whose nodes can reach the S3 server."""
+    from cluster_harness import Cluster
+
+    c = Cluster(workers=2, cpus=2, extra_env=S3_ENV)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
 def serve_ray_metrics(request):
     """``serve_ray`` with Ray's metrics reported every second instead of every 10 s; yields
     the URL of the node's Prometheus endpoint (``ray_*`` application metrics included)."""

@@ -29,7 +29,6 @@ import torch
 from ray.job_submission import JobStatus
 
 from cluster_harness import Cluster
-from conftest import S3_ENV
 from jobs.mine_rewrites import main as mine_rewrites
 from raylib import uri
 from raylib.schema import INTERACTIONS
@@ -46,15 +45,6 @@ MINE = ["--min-support", "3", "--min-customers", "2"]
 PDRFE = "PDRFE (w/ edge attention)"
 EPOCHS = 12
 BASELINE = os.environ.get("SELFLEARN_FAULTS_BASELINE") == "1"
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_server):
-    c = Cluster(workers=2, cpus=2, extra_env=S3_ENV)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import yaml
 from raylib import uri
 from raylib.schema import INTERACTIONS
 from raylib.store import Store
-from cluster_harness import REPO, Cluster
-from conftest import S3_ENV
+from cluster_harness import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -36,20 +35,6 @@ def local_outputs(nodes: list[pathlib.Path]) -> list[pathlib.Path]:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server):
-    c = Cluster(workers=2, cpus=2, extra_env=S3_ENV)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
-def bucket(s3_module):
-    return s3_module
-
-
-@pytest.fixture(scope="module")
 def configs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cluster-configs")
     (d / "tiny.yaml").write_text(yaml.safe_dump(TINY_WORLD))
@@ -57,7 +42,8 @@ def configs(tmp_path_factory):
     return d
 
 
-def test_every_job_on_a_multi_node_cluster_with_s3(cluster, bucket, configs):
+def test_every_job_on_a_multi_node_cluster_with_s3(cluster, s3_module, configs):
+    bucket = s3_module
     data, store = bucket.uri("data"), bucket.uri("store")
     cluster.submit("python", "-m", "jobs.simulate", "--out", data, "--seed", "3", "--config", str(configs / "tiny.yaml"))
     summary = json.loads(bucket.read("data/summary.json"))
