@@ -115,9 +115,19 @@ def constraints() -> dict[str, str]:
 def test_constraints_are_the_versions_the_tests_run_with():
     pins = constraints()
     assert {"ray", "pyarrow", "torch-geometric", "numpy", "scipy"} <= set(pins) and "torch" not in pins
+    installed = {name for name in pins if _installed(name)}
+    assert set(pins) - installed == set(), \
+        "constraints.txt pins packages outside the dependency set: run scripts/freeze-constraints.sh"
     drift = {name: (version, metadata.version(name)) for name, version in pins.items()
              if metadata.version(name) != version}
     assert drift == {}
+
+
+def _installed(name):
+    try:
+        return bool(metadata.version(name))
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def test_the_image_builds_the_constraints_dependency_set():
