@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from raylib.errors import UserError
-from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, add_max_failures, ensure_ray, entrypoint, log, parser
+from raylib.job import EXIT_OK, EXIT_REJECTED, Job, Outcome, add_max_failures, add_torch_threads, ensure_ray, entrypoint, log, parser
 from raylib.routing.data import read_routing
 
 JOB = "train-policy"
@@ -49,6 +49,7 @@ def parse_args(argv, prog):
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per network (0: in-process)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU workers")
     add_max_failures(p)
+    add_torch_threads(p)
     p.add_argument("--replicates", type=int, default=200, help="bootstrap replicates for the intervals")
     p.add_argument("--refresh-rounds", type=int, default=0, help="also run N simulated refreshes (needs world.json in DATA)")
     p.add_argument("--refresh-rows", type=int, default=4000, help="requests per simulated refresh round")
@@ -64,7 +65,7 @@ def parse_args(argv, prog):
     p.add_argument("--alias", default="production", help="MLflow alias moved to a released policy (default production)")
     args = p.parse_args(argv)
     for name in ("epochs", "replicates", "refresh_rounds", "refresh_rows", "refresh_rp_every", "num_workers",
-                 "max_failures"):
+                 "max_failures", "torch_threads"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 < args.kappa_target <= 1.0:
@@ -97,7 +98,7 @@ def learn_settings(args, storage_path: str, embeddings=None):
     from raylib.routing.train import TrainSettings
 
     def net(seed):
-        return TrainSettings(epochs=args.epochs, clip=args.clip, seed=args.seed + seed)
+        return TrainSettings(epochs=args.epochs, clip=args.clip, seed=args.seed + seed, threads=args.torch_threads)
 
     return LearnSettings(
         objective=args.objective,
@@ -156,6 +157,7 @@ def main(argv=None, prog=None) -> Outcome:
             "product": args.embedding_product,
         },
         "training": refresh.histories,
+        "training_speed": refresh.speed,
         "guardrails": rails.to_dict(),
     }
     summary["refresh"] = run_refreshes(args, settings, rails) if args.refresh_rounds else None

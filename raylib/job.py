@@ -103,6 +103,12 @@ def add_max_failures(p: argparse.ArgumentParser) -> None:
                    "first loss (default %(default)s)")
 
 
+def add_torch_threads(p: argparse.ArgumentParser) -> None:
+    """``--torch-threads``: torch threads per training process (a CPU worker's share of its node)."""
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch threads per training process, a CPU worker's share of its node's cores (default 1)")
+
+
 def configure_logging(argv: list[str]) -> None:
     """Log through ``logging`` to stderr at the ``--log-level`` found in ``argv``."""
     pre = argparse.ArgumentParser(add_help=False)

@@ -131,8 +131,10 @@ def storage_uri(path: str | None) -> str:
 
 
 def to_device(batch: Mapping[str, object], device) -> dict[str, torch.Tensor]:
-    """Every entry of a batch (numpy array or tensor) as a tensor on ``device``, dtype kept."""
-    return {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
+    """Every entry of a batch (numpy array or tensor) as a tensor on ``device``, dtype kept. A
+    read-only array (a Ray Data batch's zero-copy view) is copied: torch tensors are writable."""
+    return {k: torch.as_tensor(np.array(v) if isinstance(v, np.ndarray) and not v.flags.writeable else v).to(device)
+            for k, v in batch.items()}
 
 
 def numpy_batches(rows: Mapping[str, np.ndarray], batch_size: int, rng: np.random.Generator,

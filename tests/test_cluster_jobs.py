@@ -71,6 +71,7 @@ def test_every_job_on_a_multi_node_cluster_with_s3(cluster, s3_module, configs):
                    "--num-workers", "1", "--epochs", "2", *rails)
     policy = json.loads(bucket.read("policy/summary.json"))
     assert policy["decision"]["status"] == "pass" and policy["published_version"] == Store(store).latest("policy")
+    assert {net: speed["workers"] for net, speed in policy["training_speed"].items()} == {"rp": 1, "reward": 1, "lp": 1}
     cluster.submit("python", "-m", "jobs.evaluate_policy", "--data", data, "--out", bucket.uri("ope"), "--store", store,
                    "--num-workers", "1", "--epochs", "2", *rails)
     assert json.loads(bucket.read("ope/summary.json"))["policy_version"] == policy["published_version"]

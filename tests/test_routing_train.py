@@ -37,6 +37,7 @@ def test_two_worker_ray_train_loss_falls(local_ray, tmp_path):
     assert len(result.history) == 4 and result.start_epoch == 0
     assert result.history[-1] < result.history[0]
     assert result.checkpoint_path is not None
+    assert result.speed["device"] == "cpu" and result.speed["workers"] == 2 and result.speed["requests_per_s"] > 0
     # the checkpointed network is the trained one: it is a valid policy on the data
     probs = predict(result.network, feats)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -34,7 +34,7 @@ from raylib.routing.hybrid import (
     rpdr_for_imperfect_rp,
 )
 from raylib.routing.model import NetworkConfig, PolicyNetwork, predict
-from raylib.routing.train import TrainSettings, train_network, training_arrays
+from raylib.routing.train import TrainResult, TrainSettings, train_network, training_arrays
 
 LP_OBJECTIVES = ("ips", "snips", "dr")
 
@@ -81,6 +81,7 @@ class Refresh:
     policy: HybridPolicy
     reward_model: RewardModel
     histories: dict[str, list[float]]
+    speed: dict[str, dict]  # per network on Ray Train: TrainResult.speed
 
 
 def _columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,13 +97,13 @@ def _train(config: NetworkConfig, arrays: dict, objective: str, train: TrainSett
                          max_failures=s.max_failures)
 
 
-def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tuple[RewardModel, list[float]]:
+def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tuple[RewardModel, TrainResult]:
     """Regress logged rewards on (X, a) with the policy architecture's reward head."""
     feats = encode(table, vocab, s.embeddings)
     actions, _, reward = _columns(table)
     config = s.network_config(vocab, s.reward, head="reward")
     result = _train(config, training_arrays(feats, actions, reward=reward), "reward", s.reward, s)
-    return RewardModel(vocab, result.network, s.embeddings), result.history
+    return RewardModel(vocab, result.network, s.embeddings), result
 
 
 def reference_policy(
@@ -150,7 +151,7 @@ def learn_hybrid(
     base = encode(train, vocab)
     feats = network_features(base, train, s.embeddings)  # what the new networks read
     actions, propensity, reward = _columns(train)
-    histories: dict[str, list[float]] = {}
+    results: dict[str, TrainResult] = {}
 
     if fixed_rp is not None:
         rp, rp_embeddings = fixed_rp.rp, fixed_rp.rp_embeddings
@@ -159,17 +160,17 @@ def learn_hybrid(
         rp_target = "logged policy" if current is None else "current policy"
         config = s.network_config(vocab, s.rp)
         target = production_distribution(train, feats.mask.shape[1], current)
-        result = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
-        rp, histories["rp"], rp_embeddings = result.network, result.history, s.embeddings
+        results["rp"] = _train(config, training_arrays(feats, actions, target=target), "rp", s.rp, s)
+        rp, rp_embeddings = results["rp"].network, s.embeddings
 
-    reward_model, histories["reward"] = fit_reward_model(train, vocab, s)
+    reward_model, results["reward"] = fit_reward_model(train, vocab, s)
     predicted = reward_model.predict(train) if s.objective == "dr" else None
     baseline = float(reward.mean()) if s.baseline is None else s.baseline
     lp_settings = replace(s.lp, baseline=baseline)
     config = s.network_config(vocab, s.lp)
     arrays = training_arrays(feats, actions, propensity, reward, predicted)
-    result = _train(config, arrays, s.objective, lp_settings, s)
-    lp, histories["lp"] = result.network, result.history
+    results["lp"] = _train(config, arrays, s.objective, lp_settings, s)
+    lp = results["lp"].network
 
     val_base = encode(validation, vocab)
     val_rp = network_features(val_base, validation, rp_embeddings)
@@ -196,7 +197,8 @@ def learn_hybrid(
         rp_embeddings=rp_embeddings,
         lp_embeddings=s.embeddings,
     )
-    return Refresh(policy, reward_model, histories)
+    return Refresh(policy, reward_model, {k: r.history for k, r in results.items()},
+                   {k: r.speed for k, r in results.items() if r.speed})
 
 
 def embeddings_info(rp: EmbeddingTables | None, lp: EmbeddingTables | None, product: bool) -> dict:

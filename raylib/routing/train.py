@@ -10,6 +10,7 @@ the rows streamed to them as Ray Data shards, with checkpoints and resume.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -101,6 +102,7 @@ class PolicyTask(trainer.Task):
     objective: str
     settings: TrainSettings
     init_state: dict | None = None
+    unit: ClassVar[str] = "requests"
 
     @classmethod
     def of(cls, config: NetworkConfig, objective: str, settings: TrainSettings,
@@ -128,12 +130,14 @@ class PolicyTask(trainer.Task):
 class TrainResult:
     """A trained network (CPU, eval mode), its mean loss per epoch, the Ray Train
     checkpoint it came from (None in-process) and the epoch its run started from (> 0 when
-    it resumed a checkpoint; ``settings.epochs`` when the run had already finished)."""
+    it resumed a checkpoint; ``settings.epochs`` when the run had already finished), and on
+    Ray Train its last epoch's speed: ``requests_per_s`` over all workers, ``device``, ``workers``."""
 
     network: PolicyNetwork
     history: list[float]
     checkpoint_path: str | None = None
     start_epoch: int = 0
+    speed: dict = field(default_factory=dict)
 
 
 def train_network(
@@ -170,4 +174,6 @@ def train_network(
             "objective": objective, "settings": asdict(settings), "network": config.to_dict(),
             "init": None if init_state is None else trainer.fingerprint(init_state), "data": trainer.fingerprint(data)})
     out = trainer.fit(task, data, name, num_workers, use_gpu, storage_path, max_failures, callbacks)
-    return TrainResult(out.network, list(out.metrics["loss_history"]), out.checkpoint_path, out.metrics["start_epoch"])
+    m = out.metrics
+    speed = {"requests_per_s": m["requests_per_s"], "device": m["device"], "workers": m["world_size"]}
+    return TrainResult(out.network, list(m["loss_history"]), out.checkpoint_path, m["start_epoch"], speed)
