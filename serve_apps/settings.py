@@ -57,10 +57,11 @@ class ServeSettings(BaseModel):
     decision_log_dir: str | None = "decision_log"
     decision_log_max_rows: int = Field(default=50_000, gt=0)
     decision_log_max_age_s: float = Field(default=60.0, gt=0)
-    # Rows held in memory at most (>= decision_log_max_rows); beyond it rows are spilled to
-    # decision_log_spill_dir (a local directory; None: one in the system's temporary directory)
-    # and re-sent once the log takes writes. Failed writes are retried with exponential
-    # backoff of at most decision_log_retry_max_s (serve_apps/decision_log.py).
+    # Every decision is journaled in decision_log_spill_dir (a local directory; None: one in the
+    # system's temporary directory) before it is answered; a replica re-sends the journals of
+    # dead replicas on its node. Rows held in memory at most (>= decision_log_max_rows); beyond
+    # it segments are spilled (read back from their journals). Failed writes are retried with
+    # exponential backoff of at most decision_log_retry_max_s (serve_apps/decision_log.py).
     decision_log_max_buffer_rows: int = Field(default=100_000, gt=0)
     decision_log_spill_dir: str | None = None
     decision_log_retry_max_s: float = Field(default=30.0, gt=0)

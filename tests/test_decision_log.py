@@ -1,13 +1,16 @@
 """Decision-log durability without Serve: real write failures (a regular file sits where the
 writer needs a directory; tests run as root, so permissions would not stop a write), retries
-with backoff, the bounded buffer and its local spill, and re-sending once the log takes
-writes again. Every appended row must end up in the log exactly once."""
+with backoff, bounded memory with segments spilled to their journals, re-sending once the log
+takes writes again, and a killed writer's journals re-sent by the next writer. Every appended
+row must end up in the log exactly once."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,28 +57,26 @@ def _logged_ids(root: Path) -> list[str]:
     return [rid for f in files for rid in pq.read_table(f).column("request_id").to_pylist()]
 
 
-def test_an_outage_loses_no_row_retries_with_backoff_and_spills_the_overflow(tmp_path, caplog):
+def test_an_outage_loses_no_row_retries_with_backoff_and_spills_to_the_journal(tmp_path, caplog):
     root, spill_root = tmp_path / "log", tmp_path / "spill"
     caplog.set_level(logging.WARNING, logger="serve_apps.decision_log")
     blocker = _block(root / "routing_log")
     writer = DecisionLogWriter(str(root), max_rows=10, max_age_s=0.05, max_buffer_rows=30, spill_root=str(spill_root),
                                retry_base_s=0.05, retry_max_s=0.2)
     rows = _rows(100)
-    for k in range(0, 100, 20):  # traffic while the log fails: 30 rows fit in the buffer, 70 spill
+    for k in range(0, 100, 20):  # traffic while the log fails: five segments of 20; 30 rows fit in memory
         writer.append(rows[k:k + 20])
         time.sleep(0.05)
-    _wait(lambda: writer.stats["spilled"] == 70 and writer.stats["failed_writes"] >= 4)
-    assert writer.buffered() == 30 and writer.stats["written"] == 0 and writer.stats["lost"] == 0
-    assert len(list(Path(writer.spill_dir).glob("part-*.parquet"))) >= 1
+    _wait(lambda: writer.stats["failed_writes"] >= 4)
+    assert writer.stats["spilled"] == 80 and writer.buffered() == 20  # the four oldest segments spilled
+    assert writer.stats["written"] == 0 and writer.stats["lost"] == 0
+    assert len(list(Path(writer.spill_dir).glob("part-*.arrows"))) == 5  # every row is journaled
 
     blocker.unlink()  # the log takes writes again: the buffer, then the spill, without any call
     _wait(lambda: writer.stats["written"] == 100)
-    logged = _logged_ids(root)
-    assert sorted(logged) == [r["request_id"] for r in rows]  # every row once
-    buffered = [r["request_id"] for r in rows[:30]]
-    assert [rid for rid in logged if rid in set(buffered)] == buffered  # the buffer, in order
-    assert writer.stats["resent"] == 70 and writer.stats["lost"] == 0 and writer.buffered() == 0
-    assert writer.stats["retried"] >= 4 * 10 and list(Path(writer.spill_dir).iterdir()) == []
+    assert _logged_ids(root) == [r["request_id"] for r in rows]  # every row once, in order
+    assert writer.stats["resent"] == 80 and writer.stats["lost"] == 0 and writer.buffered() == 0
+    assert writer.stats["retried"] >= 4 * 20 and list(Path(writer.spill_dir).glob("*.arrows")) == []
 
     # backoff: each delay in [0.5, 1] x min(0.2, 0.05 * 2^(k-1)) for the k-th consecutive failure
     attempts = [(int(m[1]), float(m[2])) for rec in caplog.records
@@ -85,13 +86,14 @@ def test_an_outage_loses_no_row_retries_with_backoff_and_spills_the_overflow(tmp
         cap = min(0.2, 0.05 * 2 ** (k - 1))
         assert 0.5 * cap - 0.005 <= delay <= cap + 0.005, (k, delay)
     spilled = [int(m[1]) for rec in caplog.records if (m := re.search(r"spilled (\d+) rows", rec.getMessage()))]
-    assert sum(spilled) == 70  # each spill logged with its count
+    assert sum(spilled) == 80  # each spill logged with its count
     writer.close()
+    assert list(Path(writer.spill_dir).iterdir()) == []  # a clean close leaves nothing behind
 
 
 def test_a_write_that_fails_half_way_is_retried_under_the_same_names(tmp_path):
     """The good rows' file is written, the rejected rows' file fails: the retry rewrites both
-    under the first attempt's names, so no good row is logged twice."""
+    under the segment's names, so no good row is logged twice."""
     root = tmp_path / "log"
     blocker = _block(root / "rejected")
     rows = _rows(4)
@@ -104,14 +106,14 @@ def test_a_write_that_fails_half_way_is_retried_under_the_same_names(tmp_path):
     blocker.unlink()
     writer.append(_rows(2, start=4))
     written = writer.flush()  # explicit flush ignores the retry delay
-    assert len(written) == 2 and writer.stats["failed_writes"] == 1 and writer.stats["retried"] == 4
+    assert len(written) == 3 and writer.stats["failed_writes"] == 1 and writer.stats["retried"] == 4
     assert sorted(_logged_ids(root)) == ["req00000", "req00001", "req00003", "req00004", "req00005"]
     assert read_table(str(root), "rejected").num_rows == 1
     assert writer.stats["written"] == 5 and writer.stats["rejected"] == 1
     writer.close()
 
 
-def test_close_spills_what_the_log_refuses_and_the_next_writer_resends_it(tmp_path):
+def test_close_leaves_what_the_log_refuses_in_journals_and_the_next_writer_resends_it(tmp_path):
     root, spill_root = tmp_path / "log", tmp_path / "spill"
     blocker = _block(root / "routing_log")
     writer = DecisionLogWriter(str(root), max_rows=100, max_age_s=3600, spill_root=str(spill_root))
@@ -120,7 +122,7 @@ def test_close_spills_what_the_log_refuses_and_the_next_writer_resends_it(tmp_pa
     assert writer.stats["spilled"] == 7 and writer.stats["lost"] == 0
     blocker.unlink()
     successor = DecisionLogWriter(str(root), max_rows=100, max_age_s=3600, spill_root=str(spill_root))
-    _wait(lambda: successor.stats["resent"] == 7)  # its thread looks into the spill at start
+    _wait(lambda: successor.stats["resent"] == 7)  # its thread looks for journals of gone writers at start
     assert sorted(_logged_ids(root)) == [f"req{i:05d}" for i in range(7)]
     other = DecisionLogWriter(str(tmp_path / "other_log"), spill_root=str(spill_root))
     assert other.spill_dir != successor.spill_dir == spill_dir(str(root), str(spill_root))  # one spill per log
@@ -128,7 +130,7 @@ def test_close_spills_what_the_log_refuses_and_the_next_writer_resends_it(tmp_pa
     other.close()
 
 
-def test_rows_that_cannot_even_be_spilled_are_counted_lost_and_logged(tmp_path, caplog):
+def test_rows_that_can_neither_be_journaled_nor_held_are_counted_lost_and_logged(tmp_path, caplog):
     root = tmp_path / "log"
     _block(root / "routing_log")
     spill_root = _block(tmp_path / "spill")
@@ -150,3 +152,37 @@ def test_the_buffer_bound_is_a_setting_and_holds_a_full_file(tmp_path):
         ServeSettings(decision_log_spill_dir="s3://bucket/spill")
     with pytest.raises(ValueError, match="at least max_rows"):
         DecisionLogWriter(str(tmp_path), max_rows=11, max_buffer_rows=10)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from tests.test_decision_log import _rows
+from serve_apps.decision_log import DecisionLogWriter
+writer = DecisionLogWriter({root!r}, max_rows=1000, max_age_s=3600, spill_root={spill!r})
+for k in range(0, 50, 10):
+    writer.append(_rows(10, start=k))
+print(writer.writer_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no flush: the process is gone
+"""
+
+
+def test_a_killed_writers_journal_is_resent_by_the_next_writer(tmp_path):
+    """A writer killed with 50 rows appended and none written: the next writer of the same
+    log finds the journal (its writer's lock is free) and writes every row once; a journal cut
+    in the middle of a write keeps every whole batch before the cut."""
+    root, spill = str(tmp_path / "log"), str(tmp_path / "spill")
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(repo=repo, root=root, spill=spill)],
+                          capture_output=True, text=True, timeout=120, cwd=repo)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    journals = list(Path(spill_dir(root, spill)).glob("part-*.arrows"))
+    assert len(journals) == 1 and not (tmp_path / "log").exists()
+    with open(journals[0], "ab") as f:  # a batch cut by the kill: its first bytes only
+        f.write(b"\xff\xff\xff\xff\x10\x01\x00\x00")
+    successor = DecisionLogWriter(root, max_rows=1000, max_age_s=3600, spill_root=spill)
+    _wait(lambda: successor.stats["resent"] == 50, timeout_s=30)
+    assert _logged_ids(tmp_path / "log") == [f"req{i:05d}" for i in range(50)]
+    assert list(Path(successor.spill_dir).glob("*.arrows")) == []
+    assert not (Path(successor.spill_dir) / f"{proc.stdout.strip()}.lock").exists()
+    successor.close()

@@ -7,21 +7,26 @@ as the cluster's start commands set it (serve_apps/README.md, "Run")."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow as pa
 import pytest
 import requests
+import yaml
 
 from raylib import uri
 from raylib.routing.features import Vocabulary
 from raylib.routing.hybrid import HybridPolicy
 from raylib.routing.toy import ToyBandit
 from raylib.store import Store
-from serve_apps.deploy import free_port, ingress_env
+from serve_apps.deploy import free_port, ingress_env, packaged_config
 from cluster_harness import Cluster
 from conftest import S3_ENV
 
@@ -87,7 +92,78 @@ def test_deploy_with_s3_store_and_decision_log_then_status_and_traffic(cluster, 
     assert all(key.endswith(".parquet") for key in s3.keys("log/routing_log/"))
 
 
-def _logged_ids(s3) -> set[str]:
-    if not s3.keys("log/routing_log/"):
+def _logged_ids(s3, prefix: str = "log") -> set[str]:
+    if not s3.keys(f"{prefix}/routing_log/"):
         return set()
-    return set(uri.read_table(s3.uri("log"), "routing_log").column("request_id").to_pylist())
+    return set(uri.read_table(s3.uri(prefix), "routing_log").column("request_id").to_pylist())
+
+
+def test_a_router_replica_killed_under_load_loses_no_decision(cluster, s3, tmp_path):
+    """Two HybridRouter replicas serve 4 clients; one replica's process is killed (SIGKILL)
+    mid-traffic. Every request is answered (the ingress sends a lost replica's batch again),
+    and every answered decision reaches the S3 log exactly once: the survivor re-sends the
+    dead replica's journals. Extra rows are the dead replica's decisions that no client saw."""
+    store = Store(s3.uri("ha-store"))
+    log, _ = ToyBandit(seed=0).routing(300, seed=0)
+    store.publish("policy", HybridPolicy.untrained(Vocabulary.fit(log), seed=1).to_files())
+    config = packaged_config()  # as an operator runs it: two router replicas at least
+    router = next(d for d in config["applications"][0]["deployments"] if d["name"] == "HybridRouter")
+    router["autoscaling_config"].update(min_replicas=2, initial_replicas=2)
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    selflearn_serve(cluster, "deploy", "--config", str(tmp_path / "serve_config.yaml"), "--store", s3.uri("ha-store"),
+                    "--port", str(port), "--set", f"decision_log_dir={s3.uri('ha-log')}",
+                    "--set", "decision_log_max_age_s=1")
+    url = f"http://127.0.0.1:{port}"
+    _wait_for(lambda: selflearn_serve(cluster, "status", "--url", url)["applications"]["selflearn"]["deployments"]
+              ["HybridRouter"]["replicas"] == {"RUNNING": 2})
+    bodies = [{"utterance": r["utterance"], "candidates": r["candidates"], "context": r["context"]}
+              for r in log.to_pylist()]
+    outcomes, stop = [], threading.Event()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        for i in itertools.count(k):
+            if stop.is_set():
+                return
+            try:
+                answer = session.post(f"{url}/v1/route", json=bodies[i % len(bodies)], timeout=60)
+                outcomes.append(answer.json()["request_id"] if answer.status_code == 200 else answer.status_code)
+            except requests.RequestException as exc:
+                outcomes.append(type(exc).__name__)
+
+    clients = [threading.Thread(target=client, args=(k * 1000,)) for k in range(4)]
+    for t in clients:
+        t.start()
+    time.sleep(3)
+    pids = cluster.run_snippet(
+        "from ray.util.state import list_actors\n"
+        "emit([a.pid for a in list_actors(filters=[('class_name', '=', 'ServeReplica:selflearn:HybridRouter'),"
+        " ('state', '=', 'ALIVE')])])")
+    assert len(pids) == 2
+    before_kill = len(outcomes)
+    os.kill(pids[0], signal.SIGKILL)
+    time.sleep(8)
+    stop.set()
+    for t in clients:
+        t.join(timeout=120)
+    answered = [o for o in outcomes if isinstance(o, str) and len(o) == 32]
+    failed = [o for o in outcomes if not (isinstance(o, str) and len(o) == 32)]
+    after_kill = len(outcomes) - before_kill
+
+    _wait_for(lambda: set(answered) <= _logged_ids(s3, "ha-log"), timeout_s=120)  # survivor checks every 5 s
+    logged = uri.read_table(s3.uri("ha-log"), "routing_log").column("request_id").to_pylist()
+    extra = len(set(logged) - set(answered))
+    print(f"\nreplica kill: {len(outcomes)} requests ({after_kill} after the kill), {len(answered)} answered, "
+          f"{len(failed)} failed; {len(logged)} rows logged, {len(set(answered) - set(logged))} answered decisions "
+          f"lost, {extra} unanswered decisions logged, {len(logged) - len(set(logged))} logged twice")
+    assert failed == [] and after_kill > 0
+    assert len(logged) == len(set(logged))  # none twice
+    assert set(answered) <= set(logged)  # none lost
+
+
+def _wait_for(condition, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(1.0)

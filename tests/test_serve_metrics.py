@@ -170,7 +170,7 @@ def test_the_flag_gauge_follows_the_store(served):
 
 def test_a_decision_log_outage_during_route_traffic_loses_no_decision(served, tmp_path):
     """The log's directory is replaced by a regular file (real write failures), 100 routes are
-    answered (the buffer of 40 fills, the rest spills), then the directory comes back: without
+    answered (memory holds 40 rows, older segments spill to their journals), then the directory comes back: without
     any call, every answered decision reaches the log exactly once."""
     url, log, session = served["url"], served["log"], requests.Session()
     _flush_log()
@@ -186,7 +186,7 @@ def test_a_decision_log_outage_during_route_traffic_loses_no_decision(served, tm
         assert time.monotonic() < deadline, stats
         time.sleep(0.2)
     assert stats["written"] == before["written"] and stats["lost"] == 0
-    assert any(Path(served["root"], "spill").rglob("part-*.parquet"))
+    assert any(Path(served["root"], "spill").rglob("part-*.arrows"))
 
     (log / "routing_log").unlink()  # the log takes writes again: put the earlier files back
     (log / "routing_log").mkdir(exist_ok=True)
@@ -201,7 +201,7 @@ def test_a_decision_log_outage_during_route_traffic_loses_no_decision(served, tm
     assert all(logged[rid] == 1 for rid in answered) and max(logged.values()) == 1  # none lost, none twice
     spilled, resent = stats["spilled"] - before["spilled"], stats["resent"] - before["resent"]
     assert spilled > 0 and resent == spilled and stats["lost"] == 0
-    assert not any(Path(served["root"], "spill").rglob("part-*.parquet"))
+    assert not any(Path(served["root"], "spill").rglob("part-*.arrows"))
 
     # the router's writer is the only source of these metrics: they equal its own counts
     wait_for(served["metrics"], {
