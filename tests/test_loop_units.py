@@ -14,6 +14,7 @@ from jobs import self_learning_loop as entry
 from raylib import schema, uri
 from raylib.errors import UserError
 from raylib.job import EXIT_OK, EXIT_REJECTED
+from raylib.loop import child
 from raylib.loop.child import run_job
 from raylib.loop.loop import copy_artifact
 from raylib.loop.report import markdown_report
@@ -131,6 +132,22 @@ def test_a_failed_child_job_is_an_error_with_its_log_tail(fake_job, tmp_path):
 def test_an_unknown_child_module_fails_with_pythons_message(tmp_path):
     with pytest.raises(UserError, match="No module named"):
         run_job("no_such_job_module", str(tmp_path / "out"), [], str(tmp_path / "x.log"))
+
+
+def test_the_loop_evaluates_its_policy_on_the_held_out_rows(monkeypatch, tmp_path):
+    # jobs.evaluate_policy --held-out keeps only the test split (tests/test_routing_jobs.py
+    # checks it against the rows train_policy learned from); the loop must ask for it.
+    calls = []
+
+    def fake_run_job(module, out, args, log_file, ok_codes=(EXIT_OK,)):
+        calls.append((module, args))
+        return {"ope": {}, "decision": {"status": "pass"}, "evaluated_rows": {"rows": "test split", "count": 9}}
+
+    monkeypatch.setattr(child, "run_job", fake_run_job)
+    outputs = child.Jobs(str(tmp_path), LoopSettings(), str(tmp_path / "store")).evaluate_policy("DATA", "v000001")
+    [(module, args)] = calls
+    assert module == "jobs.evaluate_policy" and "--held-out" in args and args[args.index("--data") + 1] == "DATA"
+    assert outputs["evaluated_rows"] == {"rows": "test split", "count": 9}
 
 
 # ---- defect rate of the users' requests (raylib.rewrite.evaluate.defect_rates) ---------------

@@ -159,7 +159,7 @@ def test_train_policy_with_embeddings_publishes_a_policy_that_decides(tmp_path):
     fast = ["--data", str(data), "--store", str(tmp_path / "store"), "--num-workers", "0", "--epochs", "2",
             "--replicates", "20"]
     rails = tmp_path / "rails.yaml"
-    rails.write_text("min_segment_samples: 100000\nmax_reward_regression: 1.0\nips_weight_bounds: [0.0, 100.0]\nmin_ess: 1\n")
+    rails.write_text("min_replication: 0.0\nmax_reward_regression: 1.0\nips_weight_bounds: [0.0, 100.0]\nmin_ess: 1\n")
     fast += ["--guardrails", str(rails)]
 
     # no embeddings artifact yet: one clear error, exit 2

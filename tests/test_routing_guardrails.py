@@ -1,10 +1,13 @@
-"""Guard-rails from YAML -> pass / fail decisions with reasons."""
+"""Guard-rails from YAML -> pass / fail decisions with reasons; small intents judged by
+their intervals."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from raylib.errors import UserError
+from raylib.routing import ope
 from raylib.routing.guardrails import GuardRails, decide
 
 
@@ -40,10 +43,48 @@ def test_fails_with_one_reason_per_broken_rail():
     assert len(decision["reasons"]) == 5
 
 
-def test_small_segments_are_not_judged_unless_critical():
+def test_small_intents_are_judged_by_their_intervals():
     rails = GuardRails(min_segment_samples=500, critical_intents=["GetWeather"], critical_min_replication=0.95)
-    decision = decide(_ope(n=100), current_value=0.6, rails=rails)
-    assert decision["reasons"] == ["critical intent GetWeather: replication 0.900 below 0.95"]
+    ope = _ope(n=100)
+    ope["segments"]["Unsure"] = {"n": 20, "replication": {"value": 0.70, "lo": 0.50, "hi": 0.90}}
+    ope["segments"]["Broken"] = {"n": 20, "replication": {"value": 0.40, "lo": 0.25, "hi": 0.60}}
+    ope["segments"]["NoInterval"] = {"n": 20, "replication": {"value": 0.80, "lo": float("nan"), "hi": float("nan")}}
+    decision = decide(ope, current_value=0.6, rails=rails)
+    checks = {c["name"]: c for c in decision["checks"]}
+    assert decision["reasons"] == [
+        "small intent Broken (20 requests): replication 0.400, 95% interval upper bound 0.600, below 0.85",
+        "critical intent GetWeather (100 requests): replication 0.900 below 0.95",
+        "small intent NoInterval (20 requests): replication 0.800 below 0.85",
+    ]
+    unsure = checks["replication[Unsure]"]
+    assert unsure["passed"] and unsure["judged_by"] == "interval upper bound" and unsure["interval"] == [0.5, 0.9]
+    assert checks["replication[PlayMusic]"]["passed"] and checks["replication[PlayMusic]"]["n"] == 100
+    assert checks["replication[GetWeather]"]["judged_by"] == checks["replication[NoInterval]"]["judged_by"] == "value"
+
+
+def test_guardrails_flag_a_rare_intent_a_bad_lp_routes():
+    # Π_0 takes candidate 0 with probability 0.8 and logged every request. The new policy
+    # serves two frequent intents like Π_0 and the rare intent's 12 requests either with
+    # candidate 1 (its LP alone, as the pooled κ of a small segment could make it) or like
+    # Π_0 (its RP alone).
+    rng = np.random.default_rng(0)
+    n = 412
+    segments = np.array(["Frequent1"] * 200 + ["Frequent2"] * 200 + ["Rare"] * 12)
+    reference = np.tile([0.8, 0.2], (n, 1))
+    actions = (rng.random(n) < 0.2).astype(np.int64)
+    propensity = reference[np.arange(n), actions]
+    reward = (rng.random(n) < 0.6).astype(float)
+    rails = GuardRails(min_segment_samples=100, min_ess=10)
+    decisions = {}
+    for served_by, rare_row in (("lp", [0.0, 1.0]), ("rp", [0.8, 0.2])):
+        pi = reference.copy()
+        pi[segments == "Rare"] = rare_row
+        result = ope.evaluate(pi, actions, propensity, reward, segments, reference, replicates=100)
+        decisions[served_by] = decide(result, current_value=float(reward.mean()), rails=rails)
+    rare = {k: next(c for c in d["checks"] if c["name"] == "replication[Rare]") for k, d in decisions.items()}
+    assert rare["lp"]["judged_by"] == "interval upper bound" and rare["lp"]["interval"][1] < rails.min_replication
+    assert not rare["lp"]["passed"] and any("small intent Rare (12 requests)" in r for r in decisions["lp"]["reasons"])
+    assert rare["rp"]["passed"] and decisions["rp"]["status"] == "pass"
 
 
 def test_no_trustworthy_estimate_fails():

@@ -32,7 +32,7 @@ FAST = ["--num-workers", "0", "--epochs", "4", "--replicates", "30"]
 def test_train_then_evaluate(data_dir, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
     rails = tmp_path / "rails.yaml"
-    rails.write_text("min_segment_samples: 100000\nmax_reward_regression: 0.2\nips_weight_bounds: [0.3, 3.0]\nmin_ess: 10\n")
+    rails.write_text("min_replication: 0.0\nmax_reward_regression: 0.2\nips_weight_bounds: [0.3, 3.0]\nmin_ess: 10\n")
     code = train_policy.main(["--data", data_dir, "--out", str(out), "--store", str(store), "--guardrails", str(rails), *FAST])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and summary["decision"]["status"] == "pass"
@@ -49,6 +49,35 @@ def test_train_then_evaluate(data_dir, tmp_path):
                                  "--num-workers", "0", "--epochs", "2", "--replicates", "30"])
     evaluated = json.loads((eval_out / "summary.json").read_text())
     assert code == 0 and evaluated["ope"]["estimator"] == "dr" and "hp" in evaluated["true_value"]
+
+
+def test_held_out_evaluation_never_sees_the_rows_the_policy_learned_from(data_dir, tmp_path, monkeypatch):
+    from raylib.routing import assess, learn
+
+    ids = {"learned": set(), "evaluated": set()}
+    learn_hybrid, assess_policy = learn.learn_hybrid, assess.assess
+
+    def spy_learn(train, validation, *args):
+        ids["learned"] |= set(train["request_id"].to_pylist()) | set(validation["request_id"].to_pylist())
+        return learn_hybrid(train, validation, *args)
+
+    def spy_assess(policy, rows, *args, **kwargs):
+        ids["evaluated"] = set(rows["request_id"].to_pylist())
+        return assess_policy(policy, rows, *args, **kwargs)
+
+    monkeypatch.setattr(learn, "learn_hybrid", spy_learn)
+    monkeypatch.setattr(assess, "assess", spy_assess)
+    rails = tmp_path / "rails.yaml"
+    rails.write_text("max_reward_regression: 1.0\nips_weight_bounds: [0.0, 100.0]\nmin_ess: 1\nmin_replication: 0.0\n")
+    store, out = str(tmp_path / "store"), tmp_path / "eval"
+    assert train_policy.main(["--data", data_dir, "--out", str(tmp_path / "train"), "--store", store,
+                              "--guardrails", str(rails), *FAST]) == 0
+    evaluate_policy.main(["--data", data_dir, "--out", str(out), "--store", store, "--held-out",
+                          "--num-workers", "0", "--epochs", "1", "--replicates", "0"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert ids["learned"] and ids["evaluated"] and ids["evaluated"].isdisjoint(ids["learned"])
+    assert summary["evaluated_rows"] == {"rows": "test split", "count": len(ids["evaluated"])}
+    assert len(ids["learned"]) + len(ids["evaluated"]) == summary["data"]["learnable_rows"]
 
 
 def test_failed_guardrails_exit_3_and_publish_nothing(data_dir, tmp_path):

@@ -3,6 +3,7 @@ entrypoint, which starts Ray and deploys the Serve application, is
 ``jobs/self_learning_loop.py``).
 
     simulate -> mine rewrites -> train PDRFE -> train the hybrid policy -> OPE + guard-rails
+      (on the held-out test split of the training logs; ``child.Jobs.evaluate_policy``)
       -> serve (Ray Serve) -> rounds of simulated traffic through the HTTP endpoints
          (POST /v1/rewrite, POST /v1/route; decisions logged with propensities; rewards
          drawn by the simulator's world and written as a `feedback` table)

@@ -102,8 +102,14 @@ class Jobs:
                 "true_value": summary.get("true_value"), "current_policy": summary.get("current_policy"), "out": out}
 
     def evaluate_policy(self, data: str, version: str) -> dict:
-        """Off-policy evaluation and the guard-rail decision of policy ``version`` on ``data``."""
+        """Off-policy evaluation and the guard-rail decision of policy ``version``, trained
+        on ``data``, on the held-out rows of ``data`` only (``--held-out``): the test split
+        of ``raylib.routing.refresh.split``, which jobs.train_policy kept out of both the
+        networks' training (train split) and the RPDR values (validation split). Fresh
+        traffic is no alternative: the next round's is routed by this very policy (nothing
+        off-policy to estimate) and comes after this stage."""
         out, summary = self._run("jobs.evaluate_policy", "ope", [
-            "--data", data, "--store", self.store_root, "--version", version, "--replicates", OPE_REPLICATES,
-            *self._guardrails()], GUARDED)
-        return {"ope": summary.get("ope"), "decision": summary.get("decision"), "out": out}
+            "--data", data, "--held-out", "--store", self.store_root, "--version", version,
+            "--replicates", OPE_REPLICATES, *self._guardrails()], GUARDED)
+        return {"ope": summary.get("ope"), "decision": summary.get("decision"),
+                "evaluated_rows": summary.get("evaluated_rows"), "out": out}

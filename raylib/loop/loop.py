@@ -55,9 +55,9 @@ class Loop:
         pdrfe = stages.run("train-pdrfe", self.params, lambda: jobs.train_pdrfe(self.train_dir))
         policy = stages.run("train-policy", self.params, lambda: jobs.train_policy(self.train_dir, "policy-0"))
         last_training = policy
-        ope = (stages.run("evaluate-policy", {**self.params, "policy": policy["version"]},
+        ope = (stages.run("evaluate-policy", {**self.params, "policy": policy["version"], "rows": "held-out"},
                           lambda: jobs.evaluate_policy(self.train_dir, policy["version"]))
-               if policy["version"] else {"ope": None, "decision": None})
+               if policy["version"] else {"ope": None, "decision": None, "evaluated_rows": None})
         rounds = [self.rounds.baseline()]
         rewrites_version, policy_version = rewrites["version"], policy["version"]
         refreshes = []

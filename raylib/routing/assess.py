@@ -102,6 +102,7 @@ def assess(
         "kappa_target": policy.kappa_target,
         "rpdr": policy.rpdr,
         "kappa": policy.kappa,
+        "rpdr_rules": policy.info.get("rpdr_rules", {}),
         "decision": decide(result_hp, value_now, rails),
     }
     if truth is not None:

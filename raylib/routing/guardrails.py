@@ -3,8 +3,8 @@ results that decide whether a new policy may be published.
 
 Defaults live here; a YAML file (see ``jobs/policy_guardrails.yaml``) overrides any of them:
 
-    min_replication: 0.85          # per intent with >= min_segment_samples requests
-    min_segment_samples: 200
+    min_replication: 0.85          # per intent (see replication_check for small intents)
+    min_segment_samples: 200       # smaller intents are judged by their interval's upper bound
     max_reward_regression: 0.01    # estimate >= current policy's value - this
     ips_weight_bounds: [0.7, 1.3]  # mean IPS weight (ideally 1.0)
     min_ess: 100                   # effective sample size of the IPS weights
@@ -14,6 +14,7 @@ Defaults live here; a YAML file (see ``jobs/policy_guardrails.yaml``) overrides 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import yaml
@@ -69,9 +70,41 @@ def _check(checks: list, name: str, value, threshold, passed: bool, reason: str)
     checks.append({"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason})
 
 
+def replication_check(intent: str, seg: dict, rails: GuardRails) -> dict:
+    """The replication rail of one intent's OPE segment (``seg``: n, replication with its
+    95% interval) as a check.
+
+    An intent with at least ``min_segment_samples`` test requests, or a critical one, fails
+    when its replication is below the minimum. A smaller (tail) intent's point estimate is
+    too noisy for that, but skipping it would let a tail intent the new policy breaks pass
+    unseen: it fails when the upper bound of its interval is below the minimum (even the
+    most favourable replication the data allow is too low). Without an interval (no
+    bootstrap replicates) its point value is judged."""
+    critical = intent in rails.critical_intents
+    need = rails.critical_min_replication if critical else rails.min_replication
+    rep, n = seg["replication"], seg["n"]
+    interval = [rep.get("lo"), rep.get("hi")]
+    small = n < rails.min_segment_samples and not critical
+    by_bound = small and interval[1] is not None and math.isfinite(interval[1])
+    judged = interval[1] if by_bound else rep["value"]
+    what = f"replication {rep['value']:.3f}" + (f", 95% interval upper bound {judged:.3f}," if by_bound else "")
+    label = "critical intent" if critical else ("small intent" if small else "intent")
+    return {
+        "name": f"replication[{intent}]",
+        "value": rep["value"],
+        "threshold": need,
+        "passed": bool(judged >= need),
+        "reason": f"{label} {intent} ({n} requests): {what} below {need}",
+        "n": int(n),
+        "interval": interval,
+        "judged_by": "interval upper bound" if by_bound else "value",
+    }
+
+
 def decide(ope: dict, current_value: float, rails: GuardRails) -> dict:
     """Apply ``rails`` to an OPE result (``ope.evaluate``) of the new policy; the current
-    policy's value is ``current_value`` (``raylib.routing.assess.current_value``).
+    policy's value is ``current_value`` (``raylib.routing.assess.current_value``). Every
+    intent is judged (``replication_check``), small ones by their intervals.
 
     Returns ``{"status": "pass"|"fail", "reasons": [failed checks], "checks": [...]}``."""
     checks: list[dict] = []
@@ -94,19 +127,6 @@ def decide(ope: dict, current_value: float, rails: GuardRails) -> dict:
     mean_w = overall["ips_weight_mean"]["value"]
     _check(checks, "ips_weight_mean", mean_w, [lo, hi], lo <= mean_w <= hi, f"mean IPS weight {mean_w:.3f} outside [{lo}, {hi}]")
     _check(checks, "ess", overall["ess"], rails.min_ess, overall["ess"] >= rails.min_ess, f"ESS {overall['ess']:.1f} below {rails.min_ess}")
-    for intent, seg in sorted(ope["segments"].items()):
-        critical = intent in rails.critical_intents
-        if seg["n"] < rails.min_segment_samples and not critical:
-            continue
-        need = rails.critical_min_replication if critical else rails.min_replication
-        value = seg["replication"]["value"]
-        _check(
-            checks,
-            f"replication[{intent}]",
-            value,
-            need,
-            value >= need,
-            f"{'critical ' if critical else ''}intent {intent}: replication {value:.3f} below {need}",
-        )
+    checks += [replication_check(intent, seg, rails) for intent, seg in sorted(ope["segments"].items())]
     failed = [c["reason"] for c in checks if not c["passed"]]
     return {"status": "fail" if failed else "pass", "reasons": failed, "checks": checks}

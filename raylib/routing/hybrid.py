@@ -122,7 +122,7 @@ class HybridPolicy:
     rpdr: dict[str, float] = field(default_factory=dict)
     kappa: dict[str, float] = field(default_factory=dict)
     kappa_target: float = 0.9
-    default_rpdr: float = 1.0  # intents never seen in validation are served by RP
+    default_rpdr: float = 1.0  # intents seen in neither training nor validation: RP only (tail)
     info: dict = field(default_factory=dict)  # training parameters, kept in the manifest
     rp_embeddings: EmbeddingTables | None = None
     lp_embeddings: EmbeddingTables | None = None

@@ -1,6 +1,7 @@
 """One refresh of the hybrid policy (seed 002, Fig. 2): train RP (Eq. 1) and LP (Eq. 2, or
 SNIPS / DR with a learned reward model) on the modeling split, then compute κ_j (Eq. 3)
-and RPDR_j (Eq. 4) per top-NLU-intent segment on the validation split.
+and RPDR_j (Eq. 4) per top-NLU-intent segment on the validation split; a tail intent (too
+few validation requests, or none) is served by the RP alone (``segment_rpdr``).
 
 Π_0, the production policy the RP replicates (Eq. 1) and κ measures against (Eq. 3), is
 ``current`` when the policy in production is a HybridPolicy (then the RP distills its exact
@@ -29,7 +30,6 @@ from raylib.routing.hybrid import (
     kappa,
     network_features,
     production_distribution,
-    replication_rates,
     rpdr,
     rpdr_for_imperfect_rp,
 )
@@ -43,7 +43,7 @@ LP_OBJECTIVES = ("ips", "snips", "dr")
 class LearnSettings:
     objective: str = "ips"
     kappa_target: float = 0.9
-    min_segment_samples: int = 30  # smaller validation segments use the pooled κ
+    min_segment_samples: int = 30  # smaller validation segments (tail intents) get RPDR 1: RP only
     rp_aware: bool = True  # RPDR from RP's measured replication (False: Eq. 4 as printed)
     baseline: float | None = None  # IPS control variate; None = mean logged reward
     rp: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=10))
@@ -114,25 +114,52 @@ def reference_policy(
     return ref if ref is not None else predict(rp, feats)
 
 
-def _pooled_kappa(pi: np.ndarray, pi_ref: np.ndarray, segments: np.ndarray, s: LearnSettings) -> dict[str, float]:
-    """κ_j (Eq. 3) per segment; segments with fewer than ``min_segment_samples``
-    validation requests get the pooled κ of all requests."""
-    per_segment = kappa(pi, pi_ref, segments)
-    pooled = float(replication_rates(pi, pi_ref).mean()) if len(segments) else 1.0
-    counts = {str(j): int(c) for j, c in zip(*np.unique(segments, return_counts=True))}
-    return {j: (k if counts[j] >= s.min_segment_samples else pooled) for j, k in per_segment.items()}
+def tail_reason(n: int, min_samples: int) -> str | None:
+    """Why a segment with ``n`` validation requests is a tail intent (None: it is not).
+
+    κ_j measured on fewer than ``min_samples`` requests cannot be trusted to bound how far
+    the LP moves the segment away from Π_0, and a segment's true κ can be far from the
+    pooled κ of the others (the LP learns the frequent intents and carries their habits
+    over to the rare ones)."""
+    if n == 0:
+        return "unseen in validation"
+    if n < min_samples:
+        return f"{n} validation requests < min_segment_samples {min_samples}"
+    return None
 
 
 def segment_rpdr(
-    pi_lp: np.ndarray, pi_rp: np.ndarray, pi_ref: np.ndarray, segments: np.ndarray, s: LearnSettings
-) -> tuple[dict, dict]:
-    """κ_j of the LP and RPDR_j per segment: Eq. 4, or with ``s.rp_aware`` its form that
-    uses the RP's own measured replication κ_RP,j (``rpdr_for_imperfect_rp``)."""
-    k_lp = _pooled_kappa(pi_lp, pi_ref, segments, s)
-    if not s.rp_aware:
-        return k_lp, {j: rpdr(k, s.kappa_target) for j, k in k_lp.items()}
-    k_rp = _pooled_kappa(pi_rp, pi_ref, segments, s)
-    return k_lp, {j: rpdr_for_imperfect_rp(k, k_rp[j], s.kappa_target) for j, k in k_lp.items()}
+    pi_lp: np.ndarray,
+    pi_rp: np.ndarray,
+    pi_ref: np.ndarray,
+    segments: np.ndarray,
+    s: LearnSettings,
+    known: tuple[str, ...] | list[str] = (),
+) -> tuple[dict, dict, dict]:
+    """κ_j of the LP (Eq. 3), RPDR_j and the rule it came from, per segment of the
+    validation split (``segments``) and per segment in ``known`` (e.g. the training split's)
+    that validation never saw.
+
+    RPDR_j is Eq. 4, or with ``s.rp_aware`` its form that uses the RP's own measured
+    replication κ_RP,j (``rpdr_for_imperfect_rp``), for a segment with at least
+    ``s.min_segment_samples`` validation requests. A tail intent (``tail_reason``: fewer
+    requests, or none) gets RPDR_j = 1, the RP alone: the hybrid's job (seed 002, Sec. 3.5)
+    is to limit the LP where it cannot be trusted, and a κ that cannot be measured is no
+    licence for the LP. Rules: ``{j: {"n", "rule": "eq4" | "rp_only", "reason"?}}``."""
+    counts = {str(j): int(c) for j, c in zip(*np.unique(segments, return_counts=True))}
+    k_lp = kappa(pi_lp, pi_ref, segments)
+    k_rp = kappa(pi_rp, pi_ref, segments)
+    rpdrs, rules = {}, {}
+    for j in sorted(set(counts) | {str(j) for j in known}):
+        n = counts.get(j, 0)
+        reason = tail_reason(n, s.min_segment_samples)
+        if reason is not None:
+            rpdrs[j], rules[j] = 1.0, {"n": n, "rule": "rp_only", "reason": reason}
+        else:
+            rpdrs[j] = (rpdr_for_imperfect_rp(k_lp[j], k_rp[j], s.kappa_target) if s.rp_aware
+                        else rpdr(k_lp[j], s.kappa_target))
+            rules[j] = {"n": n, "rule": "eq4"}
+    return k_lp, rpdrs, rules
 
 
 def learn_hybrid(
@@ -176,7 +203,8 @@ def learn_hybrid(
     val_rp = network_features(val_base, validation, rp_embeddings)
     val_lp = network_features(val_base, validation, s.embeddings)
     pi_ref = reference_policy(validation, val_rp, rp, current)
-    kappas, rpdrs = segment_rpdr(predict(lp, val_lp), predict(rp, val_rp), pi_ref, top_intents(validation), s)
+    known = np.unique(top_intents(train)).tolist()
+    kappas, rpdrs, rules = segment_rpdr(predict(lp, val_lp), predict(rp, val_rp), pi_ref, top_intents(validation), s, known)
     policy = HybridPolicy(
         vocab,
         rp,
@@ -190,6 +218,7 @@ def learn_hybrid(
             "clip": s.lp.clip,
             "train_rows": train.num_rows,
             "validation_rows": validation.num_rows,
+            "rpdr_rules": rules,
             "rp_refreshed": fixed_rp is None,
             "rp_target": rp_target,
             **embeddings_info(rp_embeddings, s.embeddings, s.embedding_product),

@@ -24,6 +24,23 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _rule(rule: dict | None) -> str:
+    """How an intent's RPDR was set (``learn.segment_rpdr``): Eq. 4, or RP only and why."""
+    if rule is None:
+        return "-"
+    return "Eq. 4" if rule["rule"] == "eq4" else f"RP only: {rule['reason']}"
+
+
+def _rail(check: dict | None) -> str:
+    """An intent's replication guard-rail (``guardrails.replication_check``): verdict, and
+    the interval a small intent was judged by."""
+    if check is None:
+        return "-"
+    verdict = "pass" if check["passed"] else "FAIL"
+    lo, hi = check["interval"]
+    return f"{verdict} (upper bound of [{lo:.3f}, {hi:.3f}])" if check["judged_by"] != "value" else verdict
+
+
 OPE_ROWS = (
     ("IPS expected reward", "ips"),
     ("SNIPS", "snips"),
@@ -112,11 +129,15 @@ def render_report(summary: dict, title: str) -> str:
     for label, key in OPE_ROWS:
         lines.append(f"| {label} | " + " | ".join(_fmt(models[m].get(key)) for m in ("rp", "lp", "hp")) + " |")
     lines += ["", "## Per intent: RPDR and replication", "", f"κ̃ = {summary['kappa_target']}", ""]
-    lines += ["| intent | n | κ (LP) | RPDR | RP | LP | HP |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rules = summary.get("rpdr_rules", {})
+    rails = {c["name"]: c for c in decision["checks"]}
+    lines += ["| intent | n | κ (LP) | RPDR | RPDR rule | RP | LP | HP | guard-rail |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for j, rep in sorted(summary["replication"].items(), key=lambda kv: -kv[1]["n"]):
         lines.append(
             f"| {j} | {rep['n']} | {_fmt(summary['kappa'].get(j))} | {_fmt(summary['rpdr'].get(j))} | "
-            f"{rep['rp']:.3f} | {rep['lp']:.3f} | {rep['hp']:.3f} |"
+            f"{_rule(rules.get(j))} | {rep['rp']:.3f} | {rep['lp']:.3f} | {rep['hp']:.3f} | "
+            f"{_rail(rails.get(f'replication[{j}]'))} |"
         )
     lines += ["", "![per-intent replication](replication.png)", ""]
     if summary.get("refresh"):

@@ -1,7 +1,8 @@
 """A tiny contextual bandit with known expected rewards, shaped like the simulator's
 routing traffic (``routing_log`` + ``truth_routing``), for unit tests and benchmarks.
 
-Each request has a true intent; NLU proposes 2-4 candidates (the true one among them, not
+Each request has a true intent (uniform, or drawn with ``intent_weights``, which also make
+a rare intent a rare NLU candidate: the tail intents of seed 002's Sec. 3.5); NLU proposes 2-4 candidates (the true one among them, not
 always ranked first); each (intent, skill) pair has a fixed expected reward (the skill
 meant for an intent serves it best) and the reward is Bernoulli. The logging policy is a
 softmax over NLU confidence (a stochastic "rule-based" baseline) unless ``policy`` is given
@@ -21,8 +22,9 @@ DEVICES = ("speaker", "screen", "phone")
 class ToyBandit:
     """A fixed world: intents, skills, expected rewards; ``routing`` draws traffic."""
 
-    def __init__(self, n_intents: int = 6, seed: int = 0, temperature: float = 0.25):
+    def __init__(self, n_intents: int = 6, seed: int = 0, temperature: float = 0.25, intent_weights=None):
         rng = np.random.default_rng(seed)
+        self.intent_p = None if intent_weights is None else np.asarray(intent_weights, float) / np.sum(intent_weights)
         self.intents = [f"intent{i}" for i in range(n_intents)]
         self.domains = [f"dom{i % 3}" for i in range(n_intents)]
         self.skills = [f"skill{i}" for i in range(n_intents)] + ["skill_generic"]
@@ -36,10 +38,12 @@ class ToyBandit:
         rows, expected, intended = [], [], []
         n_int = len(self.intents)
         for r in range(n):
-            true = int(rng.integers(n_int))
+            true = int(rng.choice(n_int, p=self.intent_p))
             k = int(rng.integers(2, 5))
-            others = rng.choice([i for i in range(n_int) if i != true], size=k - 2, replace=False).tolist()
-            pairs = [(true, true), (int(rng.integers(n_int)), n_int)] + [(o, o) for o in others]
+            rest = [i for i in range(n_int) if i != true]
+            p_rest = None if self.intent_p is None else self.intent_p[rest] / self.intent_p[rest].sum()
+            others = rng.choice(rest, size=k - 2, replace=False, p=p_rest).tolist()
+            pairs = [(true, true), (int(rng.choice(n_int, p=self.intent_p)), n_int)] + [(o, o) for o in others]
             conf = rng.dirichlet(np.ones(k))
             cands = [
                 {
