@@ -1,7 +1,8 @@
 """Mine the utterance -> rewrite table (seed 001, absorbing Markov chain) and publish it.
 
     python -m jobs.mine_rewrites --data DATA --out OUT [--depth 5 --epsilon 1e-3 --min-customers 5]
-                                 [--z-rule paper|better] [--truth SIM_DIR] [--heldout SIM_DIR] [--engine ray|local]
+                                 [--z-rule paper|better] [--no-match-states utterance|interpretation]
+                                 [--truth SIM_DIR] [--heldout SIM_DIR] [--engine ray|local]
 
 ``--data`` holds the contract tables (``interactions`` at least), e.g. a simulator
 output, on a local path or any pyarrow.fs URI. Writes ``summary.json`` and ``report.md``
@@ -22,6 +23,7 @@ from raylib.rewrite.filters import Z_RULES, FilterParams
 from raylib.rewrite.mining import Mined, MiningParams, mine_local
 from raylib.rewrite.publish import ARTIFACT, publish_rewrites
 from raylib.rewrite.report import render_report
+from raylib.rewrite.sessions import NO_MATCH_STATES
 
 JOB = "mine-rewrites"
 
@@ -35,6 +37,10 @@ def _parser(prog: str | None):
     p.add_argument("--epsilon", type=float, default=1e-3, help="prune paths whose probability falls below this (default %(default)s)")
     p.add_argument("--top-k", type=int, default=10, help="targets kept per source interpretation (default %(default)s)")
     p.add_argument("--gap-s", type=float, default=45.0, help="session gap delta_tau in seconds (default %(default)s)")
+    p.add_argument("--no-match-states", choices=NO_MATCH_STATES, default=MiningParams.no_match_states,
+                   help="utterance: a no_match turn's state is its interpretation keyed by the utterance, so "
+                        "failures the NLU collapses into one interpretation keep their own paths; "
+                        "interpretation: the NLU's interpretation as is (default %(default)s)")
     p.add_argument("--min-customers", type=int, default=5, help="distinct customers behind a rewrite (default %(default)s)")
     p.add_argument("--min-support", type=int, default=10, help="times the source utterance was said (default %(default)s)")
     p.add_argument("--alpha", type=float, default=0.01, help="Z-test p-value threshold (default %(default)s)")
@@ -57,7 +63,8 @@ def _params(args) -> MiningParams:
     if args.min_customers < 1 or args.min_support < 1 or not 0 < args.alpha < 1 or args.generic_min_sources < 1:
         raise UserError("need --min-customers, --min-support, --generic-min-sources >= 1 and 0 < --alpha < 1")
     return MiningParams(
-        gap_s=args.gap_s, depth=args.depth or None, epsilon=args.epsilon, top_k=args.top_k,
+        gap_s=args.gap_s, no_match_states=args.no_match_states, depth=args.depth or None, epsilon=args.epsilon,
+        top_k=args.top_k,
         filters=FilterParams(min_support=args.min_support, alpha=args.alpha, z_rule=args.z_rule,
                              generic_min_sources=args.generic_min_sources, min_customers=args.min_customers),
     )

@@ -87,11 +87,12 @@ H = ["D|I|h0", "D|I|h1", "D|I|h2", "D|I|h3"]
 
 
 def fig2_sessions():
-    """h0 is adjacent to h0, h1, h3 and the failure state once each (Fig. 2 (a)-(c))."""
+    """h0 is adjacent to h0, h1, h3 and the failure state once each (Fig. 2 (a)-(c)); the
+    paper's states: a no_match turn keeps its interpretation."""
     rows = [turn("a", 0, "u0", H[0]), turn("a", 5, "u1", H[1]), turn("a", 10, "u4", H[2]),
             turn("b", 0, "u2", H[0]), turn("b", 5, "u3", H[0], status="no_match"),
             turn("c", 0, "u5", H[0]), turn("c", 5, "u6", H[3]), turn("c", 10, "u7", H[2])]
-    return sessionize(table(rows))
+    return sessionize(table(rows), no_match_states="interpretation")
 
 
 def test_fig2_transition_probability_is_one_quarter():
@@ -161,7 +162,7 @@ def test_source_whose_every_path_fails_gets_no_rewrite():
         rows += [turn(f"g{k}", 0, "fine", "D|I|ok")]
     mined = mine_local(table(rows), MiningParams(filters=FilterParams(min_support=1, min_customers=1)))
     res = mined.source_results
-    b1 = list(mined.model.chain.states).index("D|I|b1")
+    b1 = list(mined.model.chain.states).index("D|I|b1|bad one")  # a no_match state keyed by its utterance
     assert not res.filter(pa.compute.equal(res.column("source"), b1)).column("is_best").to_pylist().count(True)
     assert mined.candidates.num_rows == 0 and mined.table.num_rows == 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,10 +15,12 @@ import pytest
 from raylib import schema as S
 from raylib import uri
 from raylib import validate as V
-from raylib.sim import World, simulate
+from raylib.sim import World, resolve, simulate
 from raylib.sim import phonetics
+from raylib.sim.config import load_overrides
 
 TABLES = ("interactions", "customers", "skills", "routing_log", "truth_rewrites", "truth_turns", "truth_routing")
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"population": {"n_customers": 300}, "routing": {"n_requests": 500}}
 
 
@@ -95,6 +99,23 @@ def test_nlu_fails_on_unsupported_phrasing_and_unknown_entities():
     assert st == "ok" and f"SongName={song}" in h
     (h, st), = world.interpret(["play zzqx nonexistent"])
     assert st == "no_match"
+
+
+def test_collapsed_fallback_gives_unsupported_phrasings_one_interpretation(tmp_path):
+    overrides = load_overrides(str(ROOT / "jobs" / "sim_collapsed_failures.yaml"))
+    world = World.from_preset("small", seed=0, overrides={**TINY, **overrides})
+    cities = world.catalog.entities["city"][:3]
+    said = [f"do i need an umbrella in {c}" for c in cities] + ["is it cold outside in " + cities[0],
+                                                                 "don't play this song again"]
+    assert set(world.interpret(said)) == {("Unknown|FallbackIntent|", "no_match")}
+    meant = [h for h, _ in world.interpret([f"what's the weather in {c}" for c in cities])]
+    assert len(set(meant)) == 3  # each phrasing has its own correct reformulation
+    # a run recorded before the setting existed rebuilds with its default (text kept)
+    config = resolve("small", TINY)
+    del config["nlu"]
+    (tmp_path / "world.json").write_text(json.dumps({"config": config, "seed": 0}))
+    (h, st), = World.from_dir(str(tmp_path)).interpret(["kill the tv"])
+    assert st == "no_match" and h == "Unknown|FallbackIntent|Text=kill the tv"
 
 
 def test_partial_titles_fail_and_full_titles_succeed(small):

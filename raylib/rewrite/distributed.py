@@ -95,8 +95,8 @@ def _with_bucket(batch: pa.Table, n_buckets: int) -> pa.Table:
                                                             n_buckets)))
 
 
-def _sessionize_bucket(group: pa.Table, gap_s: float) -> pa.Table:
-    return sessionize(group.drop_columns(["bucket"]), gap_s)
+def _sessionize_bucket(group: pa.Table, gap_s: float, no_match_states: str) -> pa.Table:
+    return sessionize(group.drop_columns(["bucket"]), gap_s, no_match_states=no_match_states)
 
 
 class _SourceSolver:
@@ -140,7 +140,7 @@ def mine_ray(
         log.info("mining: sessionize started (%d valid rows, %d buckets)", good.count(), n_buckets)
         bucketed = good.map_batches(_with_bucket, fn_args=(n_buckets,), batch_format="pyarrow")
         sessions = bucketed.groupby("bucket", num_partitions=n_buckets).map_groups(
-            _sessionize_bucket, fn_args=(params.gap_s,), batch_format="pyarrow"
+            _sessionize_bucket, fn_args=(params.gap_s, params.no_match_states), batch_format="pyarrow"
         ).materialize()
         log.info("mining: counts started")
         partial = sessions.map_batches(session_counts, batch_format="pyarrow", batch_size=None)

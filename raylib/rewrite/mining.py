@@ -48,6 +48,7 @@ class MiningParams:
     """Every knob of a mining run (recorded in the published table's metadata)."""
 
     gap_s: float = DEFAULT_GAP_S
+    no_match_states: str = "utterance"  # one of sessions.NO_MATCH_STATES; measured in its docstring
     depth: int | None = DEFAULT_DEPTH
     epsilon: float = DEFAULT_EPSILON
     top_k: int = DEFAULT_TOP_K
@@ -156,7 +157,7 @@ def finalize(candidates: pa.Table, evidence: pa.Table, params: MiningParams) -> 
 
 def mine_local(interactions: pa.Table, params: MiningParams = MiningParams()) -> Mined:
     """The single-process path over validated ``interactions``."""
-    sessions = sessionize(interactions, params.gap_s)
+    sessions = sessionize(interactions, params.gap_s, no_match_states=params.no_match_states)
     counts = session_counts(sessions)
     model = build_model(counts)
     results = approximate_sources(model.chain.Q, model.chain.R, np.arange(model.chain.n_states),

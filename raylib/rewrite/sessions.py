@@ -23,6 +23,30 @@ Edge cases, as decided here:
 * Otherwise the session is a SUCCESS (success is the absence of failure).
 * A session made only of interjections has no transient state: it adds nothing to
   the chain and is counted (``interjection_only``).
+* **No-match states** (``no_match_states``): a turn's state is its interpretation
+  ``domain|intent|slots``, except that a ``no_match`` turn's state is keyed by what was
+  said, ``domain|intent|slots|utterance`` (``"utterance"``, the default). An NLU that
+  fails often maps many different utterances to one uninformative interpretation (a
+  generic fallback); as one state, Eq. 20 would aggregate all of them through it and give
+  them all the same rewrite, right for at most one. Keyed, each failing utterance keeps
+  its own state and path. ``"interpretation"`` keeps the NLU's interpretation as is (the
+  paper). ``error`` turns (the skill failed on an understood request) are not keyed.
+  Measured (issue 15; ``selflearn simulate [--config jobs/sim_collapsed_failures.yaml]``,
+  then ``selflearn mine-rewrites --truth SIM --engine local --no-match-states S``; "nlu
+  sources": ``truth_rewrites`` rows of cause ``nlu``, the unsupported phrasings):
+
+      world, seed 0          states          nlu sources: candidates    served      precision  coverage (traffic)
+                                             right / wrong (targets)    right/wrong
+      medium, collapsed      interpretation     1 / 1392 (1 target)       0 / 0     1.000      0.034 (0.415)
+      medium, collapsed      utterance       1221 / 2    (906)          205 / 0     1.000      0.071 (0.679)
+      medium                 interpretation  1222 / 2    (906)          205 / 0     1.000      0.071 (0.679)
+      medium                 utterance       1221 / 2    (906)          205 / 0     1.000      0.071 (0.679)
+      small, collapsed       interpretation     1 / 274  (1 target)       0 / 0     1.000      0.007 (0.061)
+      small, collapsed       utterance        223 / 1    (177)           11 / 0     1.000      0.023 (0.217)
+
+  (collapsed: the one shared target is removed by the generic-target filter.) On the
+  medium preset the table is the same under both (416 rewrites; with ``--z-rule paper``
+  473, precision 0.998 under both), so ``"utterance"`` is the default.
 * Turns with equal timestamps keep a deterministic order (ties broken by the other
   columns), so every execution path builds the same sessions.
 
@@ -41,6 +65,8 @@ import pyarrow.compute as pc
 DEFAULT_GAP_S = 45.0
 INTERJECTION_INTENTS = frozenset({"stopintent", "cancelintent", "stop", "cancel"})
 FAILURE_STATUSES = ("error", "no_match")
+NO_MATCH = "no_match"
+NO_MATCH_STATES = ("utterance", "interpretation")
 SUCCESS, FAILURE = "success", "failure"
 
 SESSIONS = pa.schema(
@@ -49,7 +75,7 @@ SESSIONS = pa.schema(
         pa.field("customer_id", pa.string(), nullable=False),
         pa.field("device_id", pa.string(), nullable=False),
         pa.field("utterances", pa.list_(pa.string()), nullable=False),  # normalized
-        pa.field("interpretations", pa.list_(pa.string()), nullable=False),
+        pa.field("interpretations", pa.list_(pa.string()), nullable=False),  # states: turn_states
         pa.field("defects", pa.list_(pa.bool_()), nullable=False),
         pa.field("outcome", pa.string(), nullable=False),  # success / failure
         pa.field("n_interjections", pa.int64(), nullable=False),
@@ -85,20 +111,40 @@ def _normalized(utterances: pa.ChunkedArray) -> pa.Array:
     return pc.utf8_trim_whitespace(text)
 
 
+def _check_no_match_states(value: str) -> None:
+    if value not in NO_MATCH_STATES:
+        raise ValueError(f"no_match_states must be one of {NO_MATCH_STATES}, got {value!r}")
+
+
+def turn_states(turns: pa.Table, utterances: pa.Array, no_match_states: str = "utterance") -> pa.Array:
+    """The chain state of each of ``turns`` (columns domain, intent, slots, status) said as
+    the normalized ``utterances``: ``domain|intent|slots``, and for a ``no_match`` turn
+    under ``no_match_states="utterance"`` ``domain|intent|slots|utterance`` (module docstring)."""
+    _check_no_match_states(no_match_states)
+    interp = pc.binary_join_element_wise(turns.column("domain"), turns.column("intent"), turns.column("slots"), "|")
+    if no_match_states == "interpretation":
+        return interp.combine_chunks()
+    keyed = pc.binary_join_element_wise(interp, utterances, "|")
+    return pc.if_else(pc.equal(turns.column("status"), NO_MATCH), keyed, interp).combine_chunks()
+
+
 def sessionize(
     interactions: pa.Table,
     gap_s: float = DEFAULT_GAP_S,
     interjections=INTERJECTION_INTENTS,
+    no_match_states: str = "utterance",
 ) -> pa.Table:
     """Split validated ``interactions`` (whole customer/device histories) into sessions.
 
     Eq. 2: consecutive turns of one (customer, device) with ``tau_{i+1} - tau_i <= gap_s``
     form one session; see the module docstring for interjections and outcomes.
+    Each turn's state is ``turn_states(..., no_match_states)``.
     Returns the ``SESSIONS`` table sorted by session_id; a session made only of
     interjections stays as a row with empty lists (counted by ``session_stats``, no state).
     """
     if gap_s <= 0:
         raise ValueError("gap_s must be positive")
+    _check_no_match_states(no_match_states)
     n = interactions.num_rows
     if n == 0:
         return SESSIONS.empty_table()
@@ -137,9 +183,8 @@ def sessionize(
 
     kept = t.filter(pa.array(keep))
     offsets = pa.array(offsets)
-    interp = pc.binary_join_element_wise(
-        kept.column("domain"), kept.column("intent"), kept.column("slots"), "|"
-    )
+    utterances = _normalized(kept.column("utterance")).combine_chunks()
+    states = turn_states(kept, utterances, no_match_states)
     first = t.take(pa.array(np.flatnonzero(new)))
     session_id = pc.binary_join_element_wise(
         first.column("customer_id"), first.column("device_id"),
@@ -150,8 +195,8 @@ def sessionize(
             "session_id": session_id,
             "customer_id": first.column("customer_id"),
             "device_id": first.column("device_id"),
-            "utterances": pa.ListArray.from_arrays(offsets, _normalized(kept.column("utterance")).combine_chunks()),
-            "interpretations": pa.ListArray.from_arrays(offsets, interp.combine_chunks()),
+            "utterances": pa.ListArray.from_arrays(offsets, utterances),
+            "interpretations": pa.ListArray.from_arrays(offsets, states),
             "defects": pa.ListArray.from_arrays(offsets, kept.column("defect").combine_chunks()),
             "outcome": pa.array(outcome, pa.string()),
             "n_interjections": pa.array(np.bincount(session_of[inter], minlength=n_raw).astype(np.int64)),

@@ -51,6 +51,13 @@ DEFAULTS: dict = {
         "skill_error_rate": 0.02,  # status=error: the skill failed
         "utterance_difficulty_sd": 0.6,  # per-utterance shift of the defect log-odds
     },
+    "nlu": {
+        # An unsupported phrasing falls back to Unknown|FallbackIntent with its text as the
+        # slot (true), or to the one uninformative Unknown|FallbackIntent| that every such
+        # phrasing shares (false: collapsed interpretations, issue 15; see
+        # jobs/sim_collapsed_failures.yaml).
+        "fallback_keeps_text": True,
+    },
     "behaviour": {  # what a user does after a defect (normalised)
         "rephrase_good": 0.55,
         "rephrase_bad": 0.12,

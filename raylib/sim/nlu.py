@@ -4,7 +4,10 @@ It understands the supported phrasings of every intent and resolves slot values 
 the catalog's gazetteer. A supported phrasing whose entity is unknown (an ASR confusion, a
 partial title) keeps its domain and intent with the raw slot value and status
 ``no_match``; an unsupported phrasing falls back to ``Unknown|FallbackIntent`` with the
-text as its slot (so distinct failures stay distinct states of the chain).
+text as its slot (so distinct failures stay distinct states of the chain), or, with
+``fallback_keeps_text=False`` (setting ``nlu.fallback_keeps_text``), to one uninformative
+``Unknown|FallbackIntent|`` shared by every unsupported phrasing: the collapsed
+interpretation a production NLU's generic failure gives.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ Parse = tuple[str, str, str, str]  # domain, intent, slots, status
 class NLU:
     """Template grammar + gazetteer built from a catalog; results are cached per utterance."""
 
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, fallback_keeps_text: bool = True):
+        self._fallback_keeps_text = fallback_keeps_text
         self._fixed: dict[str, Parse] = {}
         for intent in INTENTS:
             if intent.entity is None:
@@ -56,7 +60,8 @@ class NLU:
             m = pattern.match(text)
             if m:
                 return self._resolve(intent, m.group("x"), m.groupdict().get("artist"))
-        return ("Unknown", "FallbackIntent", canonical_slots({"Text": text}), "no_match")
+        slots = {"Text": text} if self._fallback_keeps_text else {}
+        return ("Unknown", "FallbackIntent", canonical_slots(slots), "no_match")
 
     def _resolve(self, intent, value: str, artist: str | None) -> Parse:
         gaz = self._gazetteer

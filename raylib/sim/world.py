@@ -40,7 +40,7 @@ class World:
         rng = np.random.default_rng([seed, 0])
         self.catalog = cat = build_catalog(config, rng)
         self.population = build_population(config, cat, rng)
-        self.nlu = NLU(cat)
+        self.nlu = NLU(cat, config["nlu"]["fallback_keeps_text"])
         self.interpretations: list[str] = []
         index: dict[str, int] = {}
 
@@ -76,7 +76,8 @@ class World:
                 spec = json.loads(f.read())
         except (FileNotFoundError, OSError) as exc:
             raise UserError(f"{path} holds no simulator world (world.json): {exc}") from exc
-        return cls(spec["config"], spec["seed"])
+        # a run recorded before a setting existed gets that setting's default
+        return cls(sim_config.resolve("small", spec["config"]), spec["seed"])
 
     @classmethod
     def from_preset(cls, preset: str = "small", seed: int = 0, overrides: dict | None = None) -> "World":
