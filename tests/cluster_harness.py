@@ -53,6 +53,7 @@ class Node:
         ports = free_ports(9)
         agent, agent_grpc, env_agent, metrics, nm, om = ports[3:]
         self.node_manager_port = nm  # what ``ray.nodes()`` reports as NodeManagerPort: names the node
+        self._terminated = False
         self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w+")
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
                "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
@@ -84,10 +85,16 @@ class Node:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def stop(self) -> None:
-        """SIGTERM the blocking ``ray start``: its handler kills its own node's processes."""
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM the blocking ``ray start`` (once): its handler kills its own node's processes."""
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
+    def stop(self) -> None:
+        """``terminate`` and wait for the node to be gone (SIGKILL after 60 s); its files go."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -216,5 +223,8 @@ class Cluster:
         return status
 
     def stop(self) -> None:
+        """Every node at once (one after another took ~35 s for three nodes on 2 cores)."""
+        for node in reversed(self.nodes):
+            node.terminate()
         for node in reversed(self.nodes):
             node.stop()

@@ -1,5 +1,5 @@
-"""Resume in the shared Ray Train shell (raylib.trainer), for PDRFE and the policy network
-alike: a run whose worker a test-side callback SIGKILLs after epoch 0 fails
+"""Resume in the shared Ray Train shell (raylib.trainer), shown with PDRFE (the policy network
+goes through the same ``raylib.trainer.fit``; its run names are checked below): a run whose worker a test-side callback SIGKILLs after epoch 0 fails
 (max_failures=0); a rerun under the same storage path and (derived) name resumes after
 epoch 0; a rerun of the finished run trains nothing and returns the same weights; the
 checkpoints load with ``weights_only=True``."""
@@ -25,10 +25,6 @@ from raylib.graph.models import SPECS
 from raylib.graph.synthetic import synthetic_tables
 from raylib.graph.train import TrainConfig
 from raylib.graph.train import fit as fit_graph
-from raylib.routing.features import Vocabulary, encode
-from raylib.routing.model import NetworkConfig
-from raylib.routing.toy import ToyBandit
-from raylib.routing.train import TrainSettings, train_network, training_arrays
 from raylib.trainer import STATE_FILE, fingerprint, run_name, storage_uri
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -103,23 +99,6 @@ def test_pdrfe_resumes_after_a_killed_worker(tmp_path):
     resumed, rerun = metrics
     assert resumed["edges_per_worker"] == [300] and resumed["world_size"] == 1 and resumed["device"] == "cpu"
     assert rerun["edges_per_worker"] == [0]
-
-
-def test_policy_resumes_after_a_killed_worker(tmp_path):
-    log, _ = ToyBandit(seed=3).routing(300, seed=3)
-    vocab = Vocabulary.fit(log)
-    actions, reward = log.column("action").to_numpy(), log.column("reward").to_numpy()
-    arrays = training_arrays(encode(log, vocab), actions, reward=reward)
-    config = NetworkConfig.for_vocabulary(vocab, word_dim=8, utterance_hidden=8, candidate_hidden=8, fc_hidden=16,
-                                          head="reward")
-    settings = TrainSettings(epochs=2, batch_size=64)
-    storage = str(tmp_path / "ray_train")
-
-    def train(callbacks):
-        r = train_network(config, arrays, "reward", settings, num_workers=1, storage_path=storage, callbacks=callbacks)
-        return r.network, r.history, r.start_epoch, r.checkpoint_path
-
-    _kill_resume_rerun(train, settings.epochs, tmp_path)
 
 
 def test_run_names_follow_model_settings_and_data():
