@@ -48,7 +48,7 @@ def pdrfe(args, device: str, hardware: list[str]) -> dict:
     summary = json.load(open(os.path.join(out, "summary.json")))
     t = summary["training"][PDRFE]
     return {"exit": code, "device": summary["device"], "workers": summary["workers"], "edges_per_s": t["edges_per_s"],
-            "loss": t["loss"], "cross_entropy": summary["cross_entropy"][PDRFE]}
+            "loss": t["loss"], "cross_entropy": summary["cross_entropy_with_utterance"][PDRFE]}
 
 
 def policy(args, device: str, hardware: list[str]) -> dict:

@@ -1,5 +1,6 @@
 """Graph build (parallel edges, CSR both ways, utterance ids, Table-2 features, default
-features for missing metadata), the 80/20 split, the sampler and negative skills."""
+features for missing metadata), the 80/20 split and the sampler (negative skills and the
+leak checks: test_graph_linkpred.py)."""
 
 import numpy as np
 import pyarrow as pa
@@ -7,7 +8,7 @@ import pytest
 
 from raylib.errors import UserError
 from raylib.graph.build import build_graph, split_edges
-from raylib.graph.sampler import edge_keys, negative_skills, sample_positions, sample_subgraph
+from raylib.graph.sampler import sample_positions, sample_subgraph
 from raylib.graph.synthetic import synthetic_tables
 from raylib.schema import INTERACTIONS
 
@@ -88,12 +89,3 @@ def test_sampler_fanout_and_true_edges():
     cust_side = np.where(sub.rel == 0, tgt, src)
     assert (g.edge_customer[sub.eid] == cust_side).all()
 
-
-def test_negative_skills_avoid_positive_edges():
-    rng = np.random.default_rng(0)
-    cust = np.repeat(np.arange(50), 6)
-    skill = rng.integers(0, 20, len(cust))
-    keys = edge_keys(cust, skill, 20)
-    neg = negative_skills(np.arange(50), 5, 20, keys, rng)
-    assert neg.shape == (50, 5)
-    assert not np.isin(np.arange(50)[:, None] * 20 + neg, keys).any()

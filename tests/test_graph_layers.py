@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from raylib.graph.layers import EdgeAttention, EdgeConv, FactorizedEdgeConv, Personalizer
-from raylib.graph.objective import max_margin_loss
+from raylib.graph.objective import inner_product_scores, max_margin_loss
 
 torch.manual_seed(0)
 N, D, F = 5, 4, 3
@@ -69,7 +69,7 @@ def test_bipartite_call_equals_homogeneous_rows():
 
 
 def test_personalizer_is_eq5():
-    p = Personalizer(D, F, hidden=7, keep_utterance=False)
+    p = Personalizer(D, F, hidden=7)
     h, utt = torch.randn(2, D), torch.randn(2, F)
     l1, l2 = p.net[0], p.net[2]
     ref = l2.weight @ torch.relu(l1.weight @ torch.cat([h[0], utt[0]]) + l1.bias) + l2.bias
@@ -78,8 +78,8 @@ def test_personalizer_is_eq5():
     assert not torch.allclose(p(h[:1].repeat(2, 1), utt)[0], p(h[:1].repeat(2, 1), utt)[1])
 
 
-def test_personalizer_concatenating_form_keeps_the_utterance():
-    p = Personalizer(D, F, hidden=7)
+def test_personalizer_concatenating_variant_keeps_the_utterance():
+    p = Personalizer(D, F, hidden=7, keep_utterance=True)
     h, utt = torch.randn(3, D), torch.randn(3, F)
     out = p(h, utt)
     assert out.shape == (3, D + F)
@@ -92,3 +92,9 @@ def test_max_margin_loss_by_hand():
     neg = torch.tensor([[0.0, 1.5], [0.0, -1.0]])
     # pairs: max(1-2+0,0)=0, max(1-2+1.5,0)=.5, max(1-.5+0,0)=.5, max(1-.5-1,0)=0
     assert np.isclose(float(max_margin_loss(pos, neg, margin=1.0)), (0 + 0.5 + 0.5 + 0) / 4)
+
+
+def test_inner_product_scores_by_hand_ignore_extra_customer_coordinates():
+    customer = torch.tensor([[1.0, 2.0, 9.0]])  # the third coordinate meets no skill coordinate
+    pos, neg = inner_product_scores(customer, torch.tensor([[3.0, 1.0]]), torch.tensor([[[0.0, 1.0], [-1.0, 0.0]]]))
+    assert pos.tolist() == [5.0] and neg.tolist() == [[2.0, -1.0]]

@@ -6,10 +6,11 @@ import torch
 
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
-from raylib.graph.downstream import defect_cross_entropy, edge_features, one_hot_features, split_622
+from raylib.graph.downstream import (defect_cross_entropy, edge_features, fair_cross_entropy, one_hot_features,
+                                     split_622, standardise)
 from raylib.graph.encoders import HashingNgramEncoder
 from raylib.graph.models import SPECS, build_model
-from raylib.graph.pinsage import importance_neighbours
+from raylib.graph.pinsage import importance_neighbours, output_head
 from raylib.graph.synthetic import synthetic_tables
 
 torch.set_num_threads(1)
@@ -43,10 +44,10 @@ def test_every_model_scores_a_batch_and_embeds_every_node(data, name):
     pos, neg = model(**{k: torch.as_tensor(v) for k, v in batch.items()})
     assert pos.shape == (32,) and neg.shape == (32, 5)
     features = edge_features(model, data)
-    personal = SPECS[name].personalizer
-    width = 16 + (data.utterance_dim if personal else 0)  # [h_p (|| utt) || h_s]
+    personal, kept = SPECS[name].personalizer, SPECS[name].keep_utterance
+    width = 16 + (data.utterance_dim if kept else 0)  # [h_p (|| utt) || h_s]
     assert features.shape == (len(data.edge_customer), width) and np.isfinite(features).all()
-    if personal:  # the concatenating personalizer keeps each edge's utterance vector
+    if kept:  # the concatenating variant keeps each edge's utterance vector
         assert np.allclose(features[:, 8:8 + data.utterance_dim], data.utterance_vectors[data.edge_utterance])
     same_customer = np.flatnonzero(data.edge_customer == data.edge_customer[0])
     utts = data.edge_utterance[same_customer]
@@ -63,6 +64,28 @@ def test_importance_neighbours_are_co_users():
     nb, w = importance_neighbours(c_csr, s_csr, cust, skill, top=2, walks=50, hops=1)
     assert nb[0, 0] == 1 and nb[1, 0] == 0 and w[0, 0] > 0.9
     assert w[2].sum() == 0  # nobody else on skill 1: padding only
+
+
+def test_pinsage_output_head_is_algorithm_2():
+    head = output_head(4)
+    h = torch.randn(3, 4)
+    ref = torch.relu(h @ head[0].weight.T + head[0].bias) @ head[2].weight.T  # z = G_2 ReLU(G_1 h + g)
+    assert torch.allclose(head(h), ref, atol=1e-6)
+
+
+def test_standardise_by_hand_zeroes_columns_constant_in_training():
+    x = np.array([[1.0, 5.0, 0.0], [3.0, 5.0, 0.0], [100.0, 7.0, 1e-3]])
+    z = standardise(x, np.array([0, 1]))
+    # column 0: mean 2, deviation 1; columns 1 and 2 never vary on the training rows
+    assert np.allclose(z, [[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [98.0, 0.0, 0.0]])
+
+
+def test_fair_tables_give_the_utterance_to_every_model_or_none():
+    rng = np.random.default_rng(0)
+    utt = rng.normal(size=(3000, 2)).astype(np.float32)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-3 * utt[:, 0]))).astype(np.float32)
+    out = fair_cross_entropy(rng.normal(size=(3000, 3)).astype(np.float32), utt, y)
+    assert out["with_utterance"]["lr"] < out["without_utterance"]["lr"] - 0.1
 
 
 def test_downstream_cross_entropy_rewards_informative_features():

@@ -11,6 +11,7 @@ from jobs.train_pdrfe import main
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
 from raylib.graph.encoders import HashingNgramEncoder
+from raylib.graph.linkpred import POPULARITY
 from raylib.graph.models import SPECS
 from raylib.graph.synthetic import synthetic_tables
 from raylib.graph.train import TrainConfig, fit
@@ -51,15 +52,21 @@ def test_job_end_to_end(tmp_path):
                "--encoder-dim", "32", "--models", "Raw one-hot,RGCN,Per", "--publish-model", "Per"])
     assert rc == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert set(summary["cross_entropy"]) == {"Raw one-hot", "RGCN", "Per"}
-    assert all(set(v) == {"lr", "mlp"} and v["lr"] > 0 for v in summary["cross_entropy"].values())
+    for table in ("with_utterance", "without_utterance"):
+        ce = summary[f"cross_entropy_{table}"]
+        assert set(ce) == {"Raw one-hot", "RGCN", "Per"}
+        assert all(set(v) == {"lr", "mlp"} and v["lr"] > 0 for v in ce.values())
+        assert summary["ablation"][table][0]["module"] == "Personalizer"
+    links = summary["link_prediction"]
+    assert set(links) == {"RGCN", "Per", POPULARITY} and links["Per"]["all"]["edges"] == summary["link_test_edges"]
+    assert all(0 <= v["all"]["auc"] <= 1 and set(v["all"]) == {"auc", "mrr", "hits@10", "edges"} for v in links.values())
     assert summary["edges"] == 1501 and summary["workers"] == 1 and summary["epochs"] == 2
     assert summary["rejected_rows"] == 1 and summary["rejected_by_reason"] == {"empty utterance": 1}
     assert summary["graph"]["customers_without_metadata"] == 1
     assert summary["graph"]["edges_with_default_features"] == 1
-    assert summary["ablation"][0]["module"] == "Personalizer"
     report = open(os.path.join(out, "report.md")).read()
-    assert "| Per |" in report and "ablation.png" in report
+    assert "| Per |" in report and "ablation.png" in report and "## Link prediction" in report
+    assert "## Where PDRFE stands" in report
     assert os.path.getsize(os.path.join(out, "ablation.png")) > 1000
     art = Store(os.path.join(out, "store")).load("embeddings")
     assert art.table("customers").num_rows == summary["customers"]

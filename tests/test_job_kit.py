@@ -78,6 +78,9 @@ def test_train_pdrfe_summary(world, local_ray):
     assert summary["rejected_rows"] == 3 and summary["input_rows"] == n + 3 + entities
     assert summary["published_version"] == Store(str(out / "store")).latest("embeddings")
     assert (out / "report.md").read_text().startswith("# PDRFE") and (out / "ablation.png").stat().st_size > 0
+    for table in ("cross_entropy_with_utterance", "cross_entropy_without_utterance"):
+        assert set(summary[table][PDRFE]) == {"lr", "mlp"}
+    assert set(summary["link_prediction"][PDRFE]["all"]) == {"auc", "mrr", "hits@10", "edges"}
 
 
 def test_policy_jobs_summaries_and_exit_codes(world):

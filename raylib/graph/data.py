@@ -9,12 +9,14 @@ import numpy as np
 
 from raylib.graph.build import CustomerSkillGraph, MessageGraph, csr
 from raylib.graph.pinsage import importance_neighbours
-from raylib.graph.sampler import edge_keys
+from raylib.graph.sampler import NonEdges
 
 
 @dataclass
 class GraphData:
     """The training graph (80% of the edges) with node feature codes and utterance vectors.
+    Message passing sees the training edges only; negative skills avoid every edge of the
+    graph (held-out ones included), so no true edge is ever scored as a negative.
 
     ``node_codes[v]`` are the categorical codes of node v in the joint node space
     (customers first), offset so that all columns of both node types index one embedding
@@ -30,7 +32,7 @@ class GraphData:
     edge_utterance: np.ndarray
     train_edges: np.ndarray
     message: MessageGraph  # both directions of the training edges
-    positive_keys: np.ndarray  # sorted customer * num_skills + skill of training edges
+    non_edges: NonEdges  # skills each customer has NO edge to, train or held-out: the negatives
     customer_neighbours: np.ndarray  # PinSage importance neighbours (customer -> customers)
     customer_weights: np.ndarray
     skill_neighbours: np.ndarray  # (skill -> skills)
@@ -39,6 +41,11 @@ class GraphData:
     @property
     def num_nodes(self) -> int:
         return self.num_customers + self.num_skills
+
+    @property
+    def heldout_edges(self) -> np.ndarray:
+        """The 20% of the edges outside the training graph (link-prediction test edges)."""
+        return np.setdiff1d(np.arange(len(self.edge_customer)), self.train_edges)
 
     @property
     def utterance_dim(self) -> int:
@@ -70,7 +77,7 @@ class GraphData:
             edge_utterance=graph.edge_utterance,
             train_edges=train,
             message=graph.message_graph(train),
-            positive_keys=edge_keys(cust, skill, graph.num_skills),
+            non_edges=NonEdges.of(graph.edge_customer, graph.edge_skill, graph.num_skills),
             customer_neighbours=c_nb,
             customer_weights=c_w,
             skill_neighbours=s_nb,

@@ -92,21 +92,15 @@ class EdgeAttention(MessagePassing):
 
 class Personalizer(nn.Module):
     """Eq. 5, the personalizer: a 2-layer network over the customer embedding and the
-    utterance, ``f_p([h^L || utt]) = W_2 ReLU(W_1 [h^L || utt] + b_1) + b_2``, applied per
-    edge, so a customer has one personalized embedding per utterance.
+    utterance, ``h_p = f_p([h^L || utt]) = W_2 ReLU(W_1 [h^L || utt] + b_1) + b_2``, applied
+    per edge, so a customer has one personalized embedding per utterance.
 
-    Concatenating form (``keep_utterance=True``, the default): the personalized embedding
-    also carries the utterance it was personalized with,
+    ``keep_utterance=True`` is the concatenating variant ``h_p = [f_p([h^L || utt]) || utt]``:
+    only the first ``dim`` coordinates enter the link score, so training is unchanged, but
+    the embedding handed to downstream tasks carries the raw utterance (an input the fair
+    downstream tables give every model or none)."""
 
-        h^p = [f_p([h^L || utt]) || utt]
-
-    Only the first ``dim`` coordinates enter the link score ``<h^p, h_s>`` (the skill side
-    is zero on the utterance coordinates), so training is exactly Eq. 5 with the section-2
-    objective; the skip keeps the request's own context in the embedding handed to
-    downstream tasks, which link prediction alone would project away (measured in the
-    PDRFE job's report)."""
-
-    def __init__(self, dim: int, utterance_dim: int, hidden: int | None = None, keep_utterance: bool = True):
+    def __init__(self, dim: int, utterance_dim: int, hidden: int | None = None, keep_utterance: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim + utterance_dim, hidden or dim), nn.ReLU(), nn.Linear(hidden or dim, dim))
         self.keep_utterance = keep_utterance

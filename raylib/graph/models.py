@@ -8,11 +8,18 @@ Every model here trains on the same link-prediction objective and shares one int
   products ``<h_u, h_s>`` of section 2 (``h_u`` personalized by Eq. 5 when enabled);
 - ``embed(data)`` -> ``(customer [U, d], skill [S, d])`` final embeddings of every node;
 - ``personalize(h_customer, utterance)`` -> per-edge customer embedding (with the
-  personalizer: ``[f_p([h_u || utt]) || utt]``, of which the first ``d`` coordinates score).
+  personalizer: ``f_p([h_u || utt])`` of Eq. 5; with the concatenating variant
+  ``[f_p([h_u || utt]) || utt]``, of which the first ``d`` coordinates score).
+
+A batch's own edges carry no messages into their scores (``sample_subgraph(exclude=)``), and
+negatives are drawn among the skills a customer has no edge to at all, held-out edges
+included (:class:`~raylib.graph.sampler.NonEdges`).
 
 Variants (Table 4): ``RGCN`` is the backbone; ``EC`` adds the edge convolution of Eq. 1
 (``nnconv``, or ``factorized``); ``EAtt`` adds edge attention (Eq. 2-4); ``Per`` adds the
-personalizer (Eq. 5). PDRFE (w/ NNConv) = EC+Per, PDRFE (w/ edge attention) = EAtt+Per.
+personalizer (Eq. 5). PDRFE (w/ NNConv) = EC+Per, PDRFE (w/ edge attention) = EAtt+Per. The named
+variant "PDRFE (w/ edge attention, utterance kept)" concatenates the utterance to the
+personalized embedding (same training; its embedding carries the raw utterance).
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from torch_geometric.nn import RGCNConv
 
 from raylib.graph.data import GraphData
 from raylib.graph.layers import EdgeAttention, EdgeConv, FactorizedEdgeConv, Personalizer
-from raylib.graph.pinsage import PinSageConv
-from raylib.graph.sampler import negative_skills, sample_subgraph
+from raylib.graph.objective import inner_product_scores
+from raylib.graph.pinsage import PinSageConv, output_head
+from raylib.graph.sampler import sample_subgraph
 
 CONVS = {"nnconv": EdgeConv, "factorized": FactorizedEdgeConv}
 
@@ -40,6 +48,7 @@ class ModelSpec:
     conv: str = "rgcn"  # rgcn | nnconv | factorized  (pdrfe)
     attention: bool = False
     personalizer: bool = False
+    keep_utterance: bool = False  # personalizer in concatenating form: [f_p(...) || utt]
     both_types: bool = False  # pinsage: also convolve skills (revised PinSage)
 
 
@@ -54,6 +63,8 @@ SPECS: dict[str, ModelSpec] = {
     "PDRFE (w/ NNConv)": ModelSpec("pdrfe", conv="nnconv", personalizer=True),
     "PDRFE (w/ edge attention)": ModelSpec("pdrfe", attention=True, personalizer=True),
     "PDRFE (w/ factorized conv)": ModelSpec("pdrfe", conv="factorized", personalizer=True),
+    "PDRFE (w/ edge attention, utterance kept)": ModelSpec("pdrfe", attention=True, personalizer=True,
+                                                           keep_utterance=True),
 }
 BASELINES = ("PinSage", "Revised PinSage", "Raw one-hot", "RGCN")
 
@@ -63,7 +74,17 @@ def build_model(spec: ModelSpec, data: GraphData, dim: int = 64, layers: int = 2
     if spec.family == "pinsage":
         return PinSage(data, dim, layers, spec.both_types)
     return PDRFE(data.num_codes, data.utterance_dim, dim, layers, spec.conv, spec.attention, spec.personalizer,
-                 fanouts=fanouts)
+                 fanouts=fanouts, keep_utterance=spec.keep_utterance)
+
+
+def training_triples(data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int):
+    """``(edges, customers, skills, negative skills [B, negatives])`` of a batch of training
+    edges; an edge whose customer is connected to every skill has no negative and is
+    dropped."""
+    neg = data.non_edges.sample(data.edge_customer[edges], negatives, rng)
+    keep = neg[:, 0] >= 0
+    edges, neg = edges[keep], neg[keep]
+    return edges, data.edge_customer[edges], data.edge_skill[edges], neg
 
 
 class PDRFELayer(nn.Module):
@@ -90,18 +111,19 @@ class PDRFE(nn.Module):
     then ``layers`` :class:`PDRFELayer` (ReLU between), then the optional personalizer."""
 
     def __init__(self, num_codes: int, utterance_dim: int, dim: int = 64, layers: int = 2, conv: str = "rgcn",
-                 attention: bool = False, personalizer: bool = False, fanouts: tuple[int, ...] = (10, 5)):
+                 attention: bool = False, personalizer: bool = False, fanouts: tuple[int, ...] = (10, 5),
+                 keep_utterance: bool = False):
         super().__init__()
         self.input = nn.Embedding(num_codes, dim)
         self.layers = nn.ModuleList(PDRFELayer(dim, utterance_dim, conv, attention) for _ in range(layers))
-        self.personalizer = Personalizer(dim, utterance_dim) if personalizer else None
+        self.personalizer = Personalizer(dim, utterance_dim, keep_utterance=keep_utterance) if personalizer else None
         self.fanouts = list(fanouts)[:layers] + [fanouts[-1]] * max(0, layers - len(fanouts))
 
     def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5) -> dict:
         u = data.num_customers
-        cust, skill = data.edge_customer[edges], data.edge_skill[edges]
-        neg = negative_skills(cust, negatives, data.num_skills, data.positive_keys, rng)
-        sub = sample_subgraph(data.message, np.concatenate([cust, skill + u, neg.ravel() + u]), self.fanouts, rng)
+        edges, cust, skill, neg = training_triples(data, edges, rng, negatives)
+        sub = sample_subgraph(data.message, np.concatenate([cust, skill + u, neg.ravel() + u]), self.fanouts, rng,
+                              exclude=edges)
         return {
             "codes": data.node_codes[sub.nodes],
             "edge_index": sub.edge_index,
@@ -126,8 +148,7 @@ class PDRFE(nn.Module):
 
     def forward(self, codes, edge_index, rel, edge_attr, utterance, customer, positive, negative):
         h = self.encode(codes, edge_index, rel, edge_attr)
-        hu = self.personalize(h[customer], utterance)[:, : h.size(1)]  # utterance coordinates score 0
-        return (hu * h[positive]).sum(-1), torch.einsum("bd,bkd->bk", hu, h[negative])
+        return inner_product_scores(self.personalize(h[customer], utterance), h[positive], h[negative])
 
     @torch.no_grad()
     def embed(self, data: GraphData, edge_budget: int = 16384) -> tuple[Tensor, Tensor]:
@@ -151,6 +172,17 @@ class PDRFE(nn.Module):
         return h[: data.num_customers], h[data.num_customers :]
 
 
+@torch.no_grad()
+def personalized(model: nn.Module, h_customer: Tensor, customers: np.ndarray, utterances: np.ndarray,
+                 utterance_vectors: np.ndarray, chunk: int = 65536) -> Tensor:
+    """``model.personalize`` of customer ``customers[i]`` with utterance ``utterances[i]``
+    for every i, in chunks (``h_customer``: the customer embeddings of ``embed``)."""
+    device = h_customer.device
+    return torch.cat([model.personalize(h_customer[torch.as_tensor(customers[lo:lo + chunk], device=device)],
+                                        torch.as_tensor(utterance_vectors[utterances[lo:lo + chunk]], device=device))
+                      for lo in range(0, len(customers), chunk)])
+
+
 def _chunks(indptr: np.ndarray, budget: int) -> list[int]:
     """Node boundaries ``[0, ..., n]`` so that each chunk holds about ``budget`` edges."""
     n = len(indptr) - 1
@@ -160,22 +192,24 @@ def _chunks(indptr: np.ndarray, budget: int) -> list[int]:
 
 class PinSage(nn.Module):
     """PinSage baseline. ``both_types=False``: only customers are convolved (over their
-    random-walk customer neighbours), a skill is its metadata embedding; ``True`` (revised
-    PinSage): skills are convolved over their skill neighbours too."""
+    random-walk customer neighbours) and passed through the output head of Algorithm 2, a
+    skill is its metadata embedding; ``True`` (revised PinSage): skills are convolved over
+    their skill neighbours and get their own output head too."""
 
     def __init__(self, data: GraphData, dim: int = 64, layers: int = 2, both_types: bool = False):
         super().__init__()
         self.input = nn.Embedding(data.num_codes, dim)
         self.customer_convs = nn.ModuleList(PinSageConv(dim) for _ in range(layers))
+        self.customer_head = output_head(dim)
         self.skill_convs = nn.ModuleList(PinSageConv(dim) for _ in range(layers)) if both_types else None
+        self.skill_head = output_head(dim) if both_types else None
         self.num_customers = data.num_customers
         for name in ("node_codes", "customer_neighbours", "customer_weights", "skill_neighbours", "skill_weights"):
             self.register_buffer(name, torch.as_tensor(getattr(data, name)), persistent=False)
 
     def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5) -> dict:
-        cust = data.edge_customer[edges]
-        neg = negative_skills(cust, negatives, data.num_skills, data.positive_keys, rng)
-        return {"customer": cust, "positive": data.edge_skill[edges], "negative": neg}
+        _, cust, skill, neg = training_triples(data, edges, rng, negatives)
+        return {"customer": cust, "positive": skill, "negative": neg}
 
     def embed_all(self) -> tuple[Tensor, Tensor]:
         h = self.input(self.node_codes).sum(1)
@@ -184,15 +218,14 @@ class PinSage(nn.Module):
             hc = conv(hc, self.customer_neighbours, self.customer_weights)
         for conv in self.skill_convs or []:
             hs = conv(hs, self.skill_neighbours, self.skill_weights)
-        return hc, hs
+        return self.customer_head(hc), hs if self.skill_head is None else self.skill_head(hs)
 
     def personalize(self, h_customer: Tensor, utterance: Tensor) -> Tensor:
         return h_customer
 
     def forward(self, customer, positive, negative):
         hc, hs = self.embed_all()
-        hu = hc[customer]
-        return (hu * hs[positive]).sum(-1), torch.einsum("bd,bkd->bk", hu, hs[negative])
+        return inner_product_scores(hc[customer], hs[positive], hs[negative])
 
     @torch.no_grad()
     def embed(self, data: GraphData) -> tuple[Tensor, Tensor]:

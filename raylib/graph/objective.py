@@ -14,3 +14,12 @@ def max_margin_loss(positive: Tensor, negative: Tensor, margin: float = 1.0) -> 
     ``positive`` ``[B]`` holds ``<h_u, h_s>`` of the training edges, ``negative`` ``[B, K]``
     the scores of their K noise skills."""
     return torch.clamp(margin - positive.unsqueeze(-1) + negative, min=0.0).mean()
+
+
+def inner_product_scores(customer: Tensor, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+    """Section 2's link score ``<h_u, h_s>``: ``(positive [B], negative [B, K])`` for customer
+    embeddings ``[B, d']``, positive skills ``[B, d]`` and negative skills ``[B, K, d]``. Only
+    the first ``d`` customer coordinates score (the concatenating personalizer's utterance
+    coordinates meet zeros on the skill side)."""
+    h = customer[:, : positive.size(-1)]
+    return (h * positive).sum(-1), torch.einsum("bd,bkd->bk", h, negative)

@@ -45,14 +45,19 @@ class Subgraph:
         return np.searchsorted(self.nodes, global_ids)
 
 
-def sample_subgraph(graph: MessageGraph, seeds: np.ndarray, fanouts: list[int], rng: np.random.Generator) -> Subgraph:
+def sample_subgraph(graph: MessageGraph, seeds: np.ndarray, fanouts: list[int], rng: np.random.Generator,
+                    exclude: np.ndarray | None = None) -> Subgraph:
     """The ``len(fanouts)``-hop sampled neighbourhood of ``seeds``; hop k expands the nodes
-    first reached at hop k-1 with ``fanouts[k]`` edges each."""
+    first reached at hop k-1 with ``fanouts[k]`` edges each. Message edges of the
+    interaction edges ``exclude`` (a batch's own training edges) are left out, so an edge
+    never carries messages into its own score."""
     frontier = np.unique(seeds)
     seen = frontier
     positions = []
     for fanout in fanouts:
         pos = sample_positions(graph.indptr, frontier, fanout, rng)
+        if exclude is not None:
+            pos = pos[~np.isin(graph.eid[pos], exclude)]
         positions.append(pos)
         new = np.unique(graph.src[pos])
         frontier = new[~np.isin(new, seen, assume_unique=True)]
@@ -64,30 +69,33 @@ def sample_subgraph(graph: MessageGraph, seeds: np.ndarray, fanouts: list[int], 
     return Subgraph(nodes, edge_index, graph.eid[pos], graph.rel[pos])
 
 
-def negative_skills(
-    customers: np.ndarray,
-    k: int,
-    num_skills: int,
-    positive_keys: np.ndarray,
-    rng: np.random.Generator,
-    rounds: int = 5,
-) -> np.ndarray:
-    """``k`` noise skills per customer drawn uniformly among skills the customer is not
-    connected to (section 2's N^-(u)). ``positive_keys`` is the sorted array of
-    ``customer * num_skills + skill`` of the graph's edges; a draw that hits an edge is
-    redrawn, up to ``rounds`` times (a customer connected to nearly every skill keeps the
-    last draw)."""
-    neg = rng.integers(0, num_skills, (len(customers), k))
-    for _ in range(rounds):
-        keys = customers[:, None] * num_skills + neg
-        pos = np.minimum(np.searchsorted(positive_keys, keys), len(positive_keys) - 1)
-        hit = positive_keys[pos] == keys
-        if not hit.any():
-            break
-        neg[hit] = rng.integers(0, num_skills, int(hit.sum()))
-    return neg
+@dataclass
+class NonEdges:
+    """The skills each customer is NOT connected to (section 2's N^-(u)), for exact uniform
+    sampling without rejection. From the sorted unique keys ``u * S + s`` of the customer's
+    skills ``s_0 < s_1 < ...``, ``shifted = u * S + s_i - i`` is sorted too, and the r-th
+    free skill of u is ``r + #{i : s_i - i <= r}``."""
 
+    num_skills: int
+    shifted: np.ndarray
 
-def edge_keys(customers: np.ndarray, skills: np.ndarray, num_skills: int) -> np.ndarray:
-    """Sorted unique ``customer * num_skills + skill`` keys (for :func:`negative_skills`)."""
-    return np.unique(customers.astype(np.int64) * num_skills + skills)
+    @classmethod
+    def of(cls, customers: np.ndarray, skills: np.ndarray, num_skills: int) -> "NonEdges":
+        keys = np.unique(customers.astype(np.int64) * num_skills + skills)
+        first = np.searchsorted(keys, keys // num_skills * num_skills)
+        return cls(num_skills, keys - (np.arange(len(keys)) - first))
+
+    def count(self, customers: np.ndarray) -> np.ndarray:
+        """Number of skills each customer is not connected to."""
+        base = customers.astype(np.int64) * self.num_skills
+        deg = np.searchsorted(self.shifted, base + self.num_skills) - np.searchsorted(self.shifted, base)
+        return self.num_skills - deg
+
+    def sample(self, customers: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``[len(customers), k]`` skills drawn uniformly (with replacement) among those each
+        customer is not connected to; -1 for a customer connected to every skill."""
+        free = self.count(customers)[:, None]
+        r = (rng.random((len(customers), k)) * free).astype(np.int64)
+        base = customers.astype(np.int64)[:, None] * self.num_skills
+        before = np.searchsorted(self.shifted, base + r, side="right") - np.searchsorted(self.shifted, base)
+        return np.where(free > 0, r + before, -1)

@@ -29,7 +29,7 @@ class TrainConfig:
     """Representation-learning hyperparameters (Table 6 where the paper gives them; see
     the job's report for the changes)."""
 
-    dim: int = 64
+    dim: int = 128
     layers: int = 2
     fanouts: tuple[int, ...] = (10, 5)
     batch_size: int = 512
