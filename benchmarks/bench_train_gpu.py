@@ -83,7 +83,7 @@ def main() -> None:
     results = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                "cpus": os.cpu_count(), "ray_resources": ray.cluster_resources(), "torch": torch.__version__}
     cpu = ["--num-workers", str(args.cpu_workers), "--torch-threads", str(args.cpu_threads)]
-    gpu = ["--num-workers", str(int(ray.cluster_resources().get("GPU", 0)) or 1), "--use-gpu"]
+    gpu = ["--num-workers", str(int(results["ray_resources"].get("GPU", 0)) or 1), "--use-gpu"]
     runs = {"pdrfe": pdrfe, "policy": policy}
     for job, fn in runs.items():
         if args.only not in (None, job):
@@ -91,7 +91,7 @@ def main() -> None:
         _run(results, f"{job}-cpu", lambda: fn(args, "cpu", cpu), args.out)
         if results["gpu"]:
             _run(results, f"{job}-gpu", lambda: fn(args, "gpu", gpu), args.out)
-    print(json.dumps({k: v for k, v in results.items()}, indent=1, default=str))
+    print(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

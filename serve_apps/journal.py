@@ -27,7 +27,7 @@ class Segment:
         self.file = None
 
 
-def close_journal(seg: "Segment") -> None:
+def close_journal(seg: Segment) -> None:
     """Close a segment's journal stream and file (it takes no more rows)."""
     for closeable in (seg.sink, seg.file):
         try:

@@ -3,11 +3,20 @@ environment that the Serve tests need, and an S3-compatible server on 127.0.0.1.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def wait_until(condition, timeout_s: float, poll_s: float) -> None:
+    """Call ``condition`` every ``poll_s`` seconds until it is true; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(poll_s)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from raylib.routing.toy import ToyBandit
 from raylib.uri import read_table
 from serve_apps.decision_log import DecisionLogWriter, decision_rows, spill_dir
 from serve_apps.settings import ServeSettings
+from conftest import wait_until
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -45,10 +46,7 @@ def _block(path: Path) -> Path:
 
 
 def _wait(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+    wait_until(condition, timeout_s, poll_s=0.02)
 
 
 def _logged_ids(root: Path) -> list[str]:
@@ -156,7 +154,7 @@ def test_the_buffer_bound_is_a_setting_and_holds_a_full_file(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys
-sys.path.insert(0, {repo!r})
+sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]  # the package, and conftest as pytest sees it
 from tests.test_decision_log import _rows
 from serve_apps.decision_log import DecisionLogWriter
 writer = DecisionLogWriter({root!r}, max_rows=1000, max_age_s=3600, spill_root={spill!r})

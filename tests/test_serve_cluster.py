@@ -28,7 +28,7 @@ from raylib.routing.toy import ToyBandit
 from raylib.store import Store
 from serve_apps.deploy import free_port, ingress_env, packaged_config
 from cluster_harness import Cluster
-from conftest import S3_ENV
+from conftest import S3_ENV, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -177,7 +177,4 @@ def test_a_router_replica_killed_under_load_loses_no_decision(cluster, s3, port,
 
 
 def _wait_for(condition, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(1.0)
+    wait_until(condition, timeout_s, poll_s=1.0)
