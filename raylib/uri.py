@@ -154,11 +154,15 @@ def parquet_files(root: str, name: str) -> tuple[pafs.FileSystem, list[str], lis
 
 def read_table(root: str, name: str, columns: list[str] | None = None) -> pa.Table:
     """Table ``name`` (a directory of Parquet files) under ``root``; FileNotFoundError
-    when there is none."""
+    when there is none, or when its directory holds no Parquet file yet (a writer's first
+    file still under its hidden temporary name: such a directory has no schema to read)."""
     fs, path = filesystem(join(root, name))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no table {name!r} under {root}")
-    return ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+    dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    if not dataset.files:
+        raise FileNotFoundError(f"table {name!r} under {root} has no Parquet file yet")
+    return dataset.to_table(columns=columns)
 
 
 def write_table(table: pa.Table, root: str, name: str, part: int | str = 0) -> str:

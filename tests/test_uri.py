@@ -4,6 +4,10 @@ cluster: ``tests/test_cluster_jobs.py``."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
 from raylib import uri
 
 
@@ -20,3 +24,14 @@ def test_local_writes_replace_the_file_whole(tmp_path):
     assert uri.read_bytes(target) == b"new" and sorted(p.name for p in (tmp_path / "d").iterdir()) == ["f.json"]
     assert uri.create_exclusive(str(tmp_path / "claim"), b"a") and not uri.create_exclusive(str(tmp_path / "claim"), b"b")
     assert uri.read_bytes(str(tmp_path / "claim")) == b"a"
+
+
+def test_a_table_whose_first_file_is_still_being_written_is_not_there_yet(tmp_path):
+    """A reader polling a log directory between ``create_dir`` and the writer's rename of
+    its first file sees no table, not a table without columns."""
+    (tmp_path / "log").mkdir()
+    pq.write_table(pa.table({"request_id": ["a"]}), tmp_path / "log" / ".part-0.parquet.tmp")
+    with pytest.raises(FileNotFoundError, match="no Parquet file yet"):
+        uri.read_table(str(tmp_path), "log")
+    uri.write_table(pa.table({"request_id": ["a"]}), str(tmp_path), "log")
+    assert uri.read_table(str(tmp_path), "log")["request_id"].to_pylist() == ["a"]
