@@ -27,6 +27,7 @@ import threading
 
 import yaml
 
+from raylib import uri
 from raylib.errors import UserError
 from raylib.job import ensure_ray, entrypoint
 from raylib.job import parser as job_parser
@@ -86,8 +87,7 @@ def _config(args: argparse.Namespace) -> dict:
     """The config to deploy: ``--config`` or the packaged one, with ``--set``/``--store``
     merged into the selflearn application's args and ``--host``/``--port`` applied."""
     if args.config:
-        with open(args.config) as f:
-            base = yaml.safe_load(f)
+        base = uri.read_settings(args.config, "Serve config")
     else:
         base = packaged_config()
     overrides = _parse_set(args.set)

@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import yaml
+
+from raylib.errors import UserError
 
 
 def is_uri(location: str) -> bool:
@@ -127,6 +130,21 @@ def read_bytes(location: str) -> bytes:
 
 def read_json(location: str):
     return json.loads(read_bytes(location))
+
+
+def read_settings(location: str, what: str) -> dict:
+    """The mapping in the YAML file at ``location`` (a path or a URI: a job submitted to a
+    cluster reads its settings from the bucket); a one-line UserError naming ``what`` when
+    it cannot be read, is not YAML or does not hold a mapping. An empty file is ``{}``."""
+    try:
+        data = yaml.safe_load(read_bytes(location)) or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {what} {location}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {location} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {location} must hold a mapping of settings")
+    return data
 
 
 def parquet_files(root: str, name: str) -> tuple[pafs.FileSystem, list[str], list[tuple[str, str]]]:

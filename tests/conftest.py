@@ -107,10 +107,12 @@ def s3_module(s3_server) -> S3:
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     """A multi-node cluster for one test module (``tests/cluster_harness.py``: a 0-CPU head
-    and two 2-CPU worker nodes) whose nodes can reach the S3 server."""
+    and two 2-CPU worker nodes) whose nodes can reach the S3 server, started with the
+    HAProxy ingress environment the cluster's start commands set (the loop deploys Serve)."""
     from cluster_harness import Cluster
+    from serve_apps.deploy import ingress_env
 
-    c = Cluster(workers=2, cpus=2, extra_env=S3_ENV)
+    c = Cluster(workers=2, cpus=2, extra_env={**S3_ENV, **ingress_env("haproxy")})
     try:
         yield c
     finally:

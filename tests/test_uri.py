@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylib import uri
+from raylib.errors import UserError
 
 
 def test_join_keeps_a_uri_query_at_the_end():
@@ -35,3 +36,18 @@ def test_a_table_whose_first_file_is_still_being_written_is_not_there_yet(tmp_pa
         uri.read_table(str(tmp_path), "log")
     uri.write_table(pa.table({"request_id": ["a"]}), str(tmp_path), "log")
     assert uri.read_table(str(tmp_path), "log")["request_id"].to_pylist() == ["a"]
+
+
+def test_settings_are_read_from_a_path_or_a_bucket_with_one_line_errors(tmp_path, s3):
+    location = s3.uri("conf/rails.yaml")
+    uri.write_text(location, "min_ess: 5\n")
+    assert uri.read_settings(location, "guard-rails file") == {"min_ess": 5}
+    (tmp_path / "empty.yaml").write_text("")
+    assert uri.read_settings(str(tmp_path / "empty.yaml"), "x") == {}
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    for name, message in (("list.yaml", "must hold a mapping"), ("bad.yaml", "is not valid YAML"),
+                          ("missing.yaml", "cannot read simulator settings")):
+        with pytest.raises(UserError, match=message) as err:
+            uri.read_settings(str(tmp_path / name), "simulator settings")
+        assert "\n" not in str(err.value)

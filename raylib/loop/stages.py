@@ -54,9 +54,7 @@ class Stages:
         outputs = work()
         seconds = round(time.monotonic() - started, 1)
         text = to_json({"params": params, "outputs": outputs, "seconds": seconds})
-        tmp = uri.write_text(self.marker(name) + ".tmp", text)
-        fs, final = uri.filesystem(self.marker(name))
-        fs.move(uri.filesystem(tmp)[1], final)
+        uri.write_text(self.marker(name), text)  # whole or not at all (uri.write_bytes)
         log.info("%s: done in %.0f s", name, seconds)
         self.ran.append(name)
         return json.loads(text)["outputs"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-import yaml
 
+from raylib import uri
 from raylib.errors import UserError
 
 
@@ -37,15 +37,9 @@ class GuardRails:
         """Defaults overridden by the keys of the YAML file at ``path`` (None: defaults)."""
         if path is None:
             return cls()
-        try:
-            with open(path) as fh:
-                data = yaml.safe_load(fh) or {}
-        except OSError as exc:
-            raise UserError(f"cannot read guard-rails file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UserError(f"guard-rails file {path} is not valid YAML: {exc}") from None
+        data = uri.read_settings(path, "guard-rails file")
         known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
+        if set(data) - known:
             raise UserError(f"guard-rails file {path}: unknown keys {sorted(set(data) - known)}; known: {sorted(known)}")
         if "ips_weight_bounds" in data:
             bounds = data["ips_weight_bounds"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 
-import yaml
-
+from raylib import uri
 from raylib.errors import UserError
 
 DEFAULTS: dict = {
@@ -50,6 +49,11 @@ DEFAULTS: dict = {
         "unsupported_phrasing_rate": 0.08,  # for intents that have unsupported phrasings
         "skill_error_rate": 0.02,  # status=error: the skill failed
         "utterance_difficulty_sd": 0.6,  # per-utterance shift of the defect log-odds
+        # An outage (seed 001's "period of time where the original utterance was not usually
+        # successful"): this share of entity request types, drawn by popularity, fails
+        # (status error) in traffic periods < outage_periods (``simulate(period=...)``).
+        "outage_share": 0.0,
+        "outage_periods": 1,
     },
     "nlu": {
         # An unsupported phrasing falls back to Unknown|FallbackIntent with its text as the
@@ -66,6 +70,10 @@ DEFAULTS: dict = {
         "interject": 0.10,
         "interject_then_rephrase": 0.35,  # after "stop"/"cancel" the user tries again
         "stop_after_unwanted": 0.6,  # says stop when an ok turn was not what they wanted
+        # after a skill failure (status error) the user changes their mind and asks for the
+        # similar entity of the same intent instead (seed 001: users "asking to play another
+        # similar song"); what the online blacklist exists for
+        "switch_entity": 0.0,
     },
     "defect": {
         "base_logit": -2.6,
@@ -129,13 +137,4 @@ def resolve(preset: str = "small", overrides: dict | None = None) -> dict:
 
 def load_overrides(path: str | None) -> dict:
     """Setting overrides from a YAML file (``--config``); none without a path."""
-    if path is None:
-        return {}
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of settings")
-    return data
+    return {} if path is None else uri.read_settings(path, "simulator settings")
