@@ -29,6 +29,7 @@ import torch
 
 from raylib.errors import UserError
 from raylib.job import Job, Outcome, add_max_failures, add_torch_threads, ensure_ray, entrypoint, log, parser
+from raylib.graph.affinity import affinity_report
 from raylib.graph.build import build_graph, split_edges
 from raylib.graph.data import GraphData
 from raylib.graph.downstream import edge_features, fair_cross_entropy, one_hot_features, utterance_features
@@ -38,6 +39,7 @@ from raylib.graph.models import SPECS, personalized
 from raylib.graph.report import TABLES, ablation_effects, markdown_report, plot_ablation
 from raylib.graph.train import TrainConfig, fit
 from raylib.schema import vector_column
+from raylib.sim import World
 from raylib.store import Store
 
 JOB = "train-pdrfe"
@@ -74,6 +76,8 @@ def parse_args(argv, prog):
     p.add_argument("--publish-model", default="PDRFE (w/ edge attention)", help="whose embeddings to publish")
     p.add_argument("--downstream-rows", type=int, default=0,
                    help="evaluate defect prediction on this many random interactions (0: all)")
+    p.add_argument("--truth", help="the simulator output the data came from (world.json): measure whether the "
+                   "customer-skill affinity reaches the graph and whether each model's embeddings recover it")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the initialisation")
     add_torch_threads(p)
     args = p.parse_args(argv)
@@ -189,7 +193,8 @@ def main(argv=None, prog=None) -> Outcome:
     link_test = LinkTestSet.of(data, LINK_NEGATIVES, args.seed)
     ensure_ray()
     ce, training, published, device = {}, {}, None, "cpu"
-    links = {POPULARITY: link_prediction(*popularity_scores(data, link_test), link_test)}
+    scores = {POPULARITY: popularity_scores(data, link_test)}  # (positive, negative) link scores per model
+    links = {POPULARITY: link_prediction(*scores[POPULARITY], link_test)}
     for name in args.models:
         t0 = time.time()
         if name == ONE_HOT:
@@ -202,7 +207,8 @@ def main(argv=None, prog=None) -> Outcome:
         # start_epoch: the epoch the final attempt began at (> 0 after a resume or a restart)
         training[name] = {k: trained.metrics[k] for k in ("loss", "loss_history", "edges_per_s", "edges_per_worker",
                                                           "start_epoch")}
-        links[name] = link_prediction(*link_scores(trained.model, data, link_test), link_test)
+        scores[name] = link_scores(trained.model, data, link_test)
+        links[name] = link_prediction(*scores[name], link_test)
         ce[name] = fair_cross_entropy(edge_features(trained.model, data, rows), utterance, y, args.seed)
         log.info("%s: cross-entropy %s, link prediction %s, loss %s (%.0f s)", name, ce[name], links[name]["all"],
                  trained.metrics["loss_history"], time.time() - t0)
@@ -216,6 +222,7 @@ def main(argv=None, prog=None) -> Outcome:
     summary = {
         **{f"cross_entropy_{table}": fair[table] for table in TABLES},
         "link_prediction": links,
+        **({"affinity": affinity_report(World.from_dir(args.truth), graph, data, link_test, scores)} if args.truth else {}),
         "embedding_carries_utterance": [m for m in ce if m in SPECS and SPECS[m].keep_utterance],
         "edges": graph.num_edges,
         "customers": graph.num_customers,

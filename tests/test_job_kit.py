@@ -13,6 +13,7 @@ import yaml
 from jobs import evaluate_policy, mine_rewrites, simulate, train_pdrfe, train_policy
 from raylib import uri
 from raylib.errors import UserError
+from raylib.graph.linkpred import POPULARITY
 from raylib.job import COMMON_KEYS, EXIT_BAD_INPUT, EXIT_OK, EXIT_REJECTED, Job, entrypoint, strict
 from raylib.schema import INTERACTIONS
 from raylib.store import Store
@@ -71,8 +72,9 @@ def test_mine_rewrites_summary(world, engine, local_ray):
 def test_train_pdrfe_summary(world, local_ray):
     root, n = world
     out = root / "pdrfe"
-    assert train_pdrfe.main(["--data", str(root / "data"), "--out", str(out), "--models", PDRFE,
-                             "--publish-model", PDRFE, "--epochs", "1", "--num-workers", "1", "--dim", "16"]) == EXIT_OK
+    assert train_pdrfe.main(["--data", str(root / "data"), "--out", str(out), "--models", PDRFE, "--truth",
+                             str(root / "data"), "--publish-model", PDRFE, "--epochs", "1", "--num-workers", "1",
+                             "--dim", "16"]) == EXIT_OK
     summary = strict_summary(out)
     entities = sum(uri.read_table(str(root / "data"), name).num_rows for name in ("customers", "skills"))
     assert summary["rejected_rows"] == 3 and summary["input_rows"] == n + 3 + entities
@@ -81,6 +83,11 @@ def test_train_pdrfe_summary(world, local_ray):
     for table in ("cross_entropy_with_utterance", "cross_entropy_without_utterance"):
         assert set(summary[table][PDRFE]) == {"lr", "mlp"}
     assert set(summary["link_prediction"][PDRFE]["all"]) == {"auc", "mrr", "hits@10", "edges"}
+    affinity = summary["affinity"]  # --truth: the simulator's affinity against the graph and the embeddings
+    assert 0 < affinity["in_graph"]["pairs_with_affinity"] <= affinity["in_graph"]["pairs"]
+    assert set(affinity["recovery"]) == {PDRFE, POPULARITY} and -1 <= affinity["recovery"][PDRFE] <= 1
+    assert affinity["oracle_link"]["affinity"]["all"]["edges"] <= summary["link_test_edges"]
+    assert "## Does the graph carry the customer-skill affinity?" in (out / "report.md").read_text()
 
 
 def test_policy_jobs_summaries_and_exit_codes(world):

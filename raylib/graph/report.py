@@ -148,6 +148,29 @@ def verdict(effects: list[dict], module: str) -> str | None:
     return "does not help in any comparison" if not any(gains) else f"helps in {sum(gains)} of {len(gains)} comparisons"
 
 
+def affinity_lines(affinity: dict | None) -> list[str]:
+    """Markdown: the simulator's affinity in the graph, the truth's own link scores, and
+    how far each model's link scores order a customer's skills as the affinity does
+    (``raylib.graph.affinity``; only with ``--truth``)."""
+    if affinity is None:
+        return []
+    g = affinity["in_graph"]
+    lines = ["## Does the graph carry the customer-skill affinity? (simulator truth)", "",
+             f"Over the graph's {g['pairs']} customer-skill pairs, Spearman of the true affinity with the pair's "
+             f"number of interactions {g['uses_spearman']:.3f} (within customer {g['uses_spearman_within_customer']:.3f})"
+             f" and with its defect rate {g['defect_rate_spearman']:.3f} (within customer "
+             f"{g['defect_rate_spearman_within_customer']:.3f}).", "",
+             "| scored by the truth | AUC | new pairs AUC | new pairs MRR |", "| --- | ---: | ---: | ---: |"]
+    for name, v in affinity["oracle_link"].items():
+        new = v["new_pairs"] or {"auc": float("nan"), "mrr": float("nan")}
+        lines.append(f"| {name} | {v['all']['auc']:.4f} | {new['auc']:.4f} | {new['mrr']:.4f} |")
+    lines += ["", "Recovery: mean Spearman, over held-out edges, of the model's link scores of the edge's skill and "
+              "its negatives with their true affinities (1: the affinity's order; 0: none of it).", "",
+              "| model | recovery |", "| --- | ---: |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in affinity["recovery"].items()]
+    return lines + [""]
+
+
 def markdown_report(summary: dict, chart: str) -> str:
     """report.md: data, link prediction, the two fair defect tables, PDRFE's standing,
     ablation effects, training metrics, inputs and notes."""
@@ -173,6 +196,7 @@ def markdown_report(summary: dict, chart: str) -> str:
         *_table(links, keys, [("new pairs " if k.startswith("new") else "") + names[k.split(":")[1]] for k in keys],
                 False, set()),
     ]
+    lines += affinity_lines(summary.get("affinity"))
     for table in TABLES:
         lines += [f"## Defect prediction, test cross-entropy (lower is better; Table 5), {TABLE_TITLES[table]}", "",
                   *_table(summary[f"cross_entropy_{table}"], list(CLASSIFIERS), list(CLASSIFIERS.values()), True,
