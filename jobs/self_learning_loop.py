@@ -55,6 +55,8 @@ def parse_args(argv, prog):
                    "(default: theirs, jobs/policy_guardrails.yaml)")
     p.add_argument("--config", help="YAML of simulator setting overrides (as for `selflearn simulate --config`), "
                    "merged over the loop's default world " + json.dumps(DEFAULT_WORLD))
+    p.add_argument("--holdout-share", type=float, default=LoopSettings.holdout_share,
+                   help="share of customers served no rewrites, the online A/B's control (default %(default)s)")
     p.add_argument("--fresh", action="store_true", help="ignore stage markers and redo every stage")
     args = p.parse_args(argv)
     for name in COUNTS:
@@ -107,6 +109,7 @@ def main(argv=None, prog=None) -> int:
                             pdrfe_epochs=args.pdrfe_epochs, policy_epochs=args.policy_epochs,
                             eval_requests=args.eval_requests, min_customers=args.min_customers,
                             min_support=args.min_support, mining_engine=args.mining_engine,
+                            holdout_share=args.holdout_share,
                             guardrails=uri.absolute(args.guardrails) if args.guardrails else None,
                             world=world_settings(load_overrides(args.config)))
     resolve(settings.preset, settings.world_overrides())  # unknown simulator settings fail here, not mid-loop

@@ -25,6 +25,10 @@ INTERACTIONS = pa.schema(
         pa.field("skill_id", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),  # ok / error / no_match
         pa.field("defect", pa.bool_(), nullable=False),
+        # The served rewrite the NLU received in place of ``utterance`` (null: none was
+        # applied); domain/intent/slots/status are then the NLU's reading of this text.
+        # Data written before the column existed reads as null (``raylib.validate``).
+        pa.field("rewrite", pa.string(), nullable=True),
     ]
 )
 

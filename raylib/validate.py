@@ -42,9 +42,9 @@ def validate(table: pa.Table, schema: pa.Schema | str) -> Validated:
 
     ``schema`` is an Arrow schema from this module or its table name. Reasons cover a
     missing required column, a missing/null required value, a wrong type, a null or empty
-    id, an empty or oversized utterance, a bad timestamp, an unknown status, and for
-    routing logs empty candidates, an out-of-range action, a propensity outside (0, 1]
-    and a non-finite reward. Rows are never dropped: good + rejected = input.
+    id, an empty or oversized utterance, an empty applied rewrite, a bad timestamp, an
+    unknown status, and for routing logs empty candidates, an out-of-range action, a
+    propensity outside (0, 1] and a non-finite reward. Rows are never dropped: good + rejected = input.
 
     Each row gets its first violation in this order: timestamps, then the fields in schema
     order (null, type, empty id), then utterance, status and the routing-log checks. The
@@ -197,6 +197,7 @@ def _table_reasons(name: str, columns: dict[str, pa.ChunkedArray], reasons: _Rea
             lambda rows: [f"oversized utterance ({k} > {MAX_UTTERANCE_CHARS} chars)" for k in _values(length, rows)],
         )
     if name == "interactions":
+        reasons.add(_blank(columns["rewrite"]), "empty rewrite")  # null (no rewrite applied) passes
         status = columns["status"]
         unknown = _mask(pc.invert(pc.is_in(status, value_set=pa.array(STATUSES))))
         reasons.add(unknown, lambda rows: [f"unknown status {s!r}" for s in _values(status, rows)])

@@ -24,6 +24,7 @@ def interactions(rows):
         cols["intent"].append("play")
         cols["slots"].append("")
         cols["status"].append("ok")
+        cols["rewrite"].append(None)
     return pa.table(cols, schema=INTERACTIONS)
 
 

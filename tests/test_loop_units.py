@@ -297,27 +297,32 @@ def test_overrides_round_trip():
 
 
 def test_user_overrides_merge_over_the_default_world():
-    default = DEFAULT_WORLD["traffic"]["sessions_per_customer"]
-    assert dict(world_settings({})) == {"traffic.sessions_per_customer": default}
+    default = {f"{section}.{key}": value for section, keys in DEFAULT_WORLD.items() for key, value in keys.items()}
+    assert dict(world_settings({})) == default
     merged = dict(world_settings({"traffic": {"sessions_per_customer": 3.0, "followup_rate": 0.1}}))
-    assert merged == {"traffic.sessions_per_customer": 3.0, "traffic.followup_rate": 0.1}
+    assert merged == {**default, "traffic.sessions_per_customer": 3.0, "traffic.followup_rate": 0.1}
 
 
 def test_a_measurement_over_nothing_reads_n_a_in_the_report():
     row = {"round": 0, "defect_rate": None, "defect_rate_without_rewrites": 0.25, "rewritten_share": None,
-           "true_reward": 0.5, "served_reward": None, "policy_version": "sim-logging", "rewrites_version": None}
-    summary = {"settings": {"eval_requests": 10}, "rounds": [row], "defect_rate_before": None,
+           "true_reward": 0.5, "served_reward": None, "policy_version": "sim-logging", "rewrites_version": None,
+           "treatment_defect_rate": 0.1, "holdout_defect_rate": 0.2, "ab_reduction": 0.5,
+           "rewritable_treatment_defect_rate": None, "rewritable_holdout_defect_rate": None,
+           "rewritable_ab_reduction": None, "online_tested": 0, "online_wins": 0, "online_losses": 0,
+           "blacklisted": 0, "withdrawn_stale": 0}
+    summary = {"settings": {"eval_requests": 10, "holdout_share": 0.1}, "rounds": [row], "defect_rate_before": None,
                "defect_rate_after": None, "defect_rate_reduction": None, "true_reward_before": 0.5,
                "true_reward_after": 0.5, "pdrfe_router_features": {"measured": False, "reason": "none published"},
                "refreshes": [], "artifacts": {"policy": []}, "stages": {"ran": ["round-0"], "reused": []}}
     report = markdown_report(summary, ["defect_rate.png"])
     assert "| 0 | n/a | 0.2500 | n/a | 0.5000 | n/a | sim-logging | None |" in report
+    assert "| 0 | 0.1000 | 0.2000 | 50.0% | n/a | n/a | n/a | 0 | 0 | 0 | 0 | 0 |" in report
     assert "Not measured: none published." in report and "![defect_rate.png](defect_rate.png)" in report
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--rounds", "0"], "--rounds must be >= 1"),
-    (["--config", "/nonexistent/world.yaml"], "cannot read input"),
+    (["--config", "/nonexistent/world.yaml"], "cannot read simulator settings"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
     assert entry.main(["--out", str(tmp_path / "demo"), *argv]) == 2

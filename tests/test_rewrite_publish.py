@@ -8,7 +8,7 @@ import pytest
 
 from raylib.rewrite.filters import FILTERS, FilterParams, apply_filters
 from raylib.rewrite.mining import MiningParams, mine_local
-from raylib.rewrite.publish import (SELF_PARTITION, WITHDRAW_REASONS, merge_today, publish_rewrites,
+from raylib.rewrite.publish import (BLACKLISTED, SELF_PARTITION, WITHDRAW_REASONS, merge_today, publish_rewrites,
                                     unrewritten_sources)
 from raylib.schema import INTERACTIONS
 from raylib.store import Store
@@ -33,14 +33,16 @@ def as_dict(t):
 
 
 def test_newest_wins_withdraws_per_reason_and_keeps_unseen_sources():
-    previous = rewrites([("a", "old"), ("b", "keep"), ("c", "x"), ("d", "x"), ("e", "x"), ("f", "x"), ("g", "x")])
+    previous = rewrites([("a", "old"), ("b", "keep"), ("c", "x"), ("d", "x"), ("e", "x"), ("f", "x"), ("g", "x"),
+                         ("h", "lost")])
     today = unrewritten([("c", SELF_PARTITION), ("d", "min_support"), ("e", "z_test"), ("f", "generic_target"),
                          ("g", "min_customers"), ("never", SELF_PARTITION)])
-    merged, withdrawn = merge_today(previous, rewrites([("a", "new"), ("z", "y")]), today)
-    assert as_dict(merged) == {"a": "new", "b": "keep", "z": "y"}
+    blacklist = pa.table({"utterance": ["h", "k"], "rewrite": ["lost", "bad"]})
+    merged, withdrawn = merge_today(previous, rewrites([("a", "new"), ("z", "y"), ("k", "bad")]), today, blacklist)
+    assert as_dict(merged) == {"a": "new", "b": "keep", "z": "y"}  # "k" -> "bad" mined again: never published
     assert merged.column("utterance").to_pylist() == ["a", "b", "z"]
     assert withdrawn == {reason: 1 for reason in WITHDRAW_REASONS}
-    assert WITHDRAW_REASONS == (SELF_PARTITION, *FILTERS)
+    assert WITHDRAW_REASONS == (SELF_PARTITION, *FILTERS, BLACKLISTED)
 
 
 def test_first_version_is_today_table_with_nothing_withdrawn():

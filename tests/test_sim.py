@@ -248,7 +248,7 @@ def test_a_custom_policy_gets_its_own_log():
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "invalid choice"),
-    (["--config", "/nonexistent.yaml"], "cannot read input"),
+    (["--config", "/nonexistent.yaml"], "cannot read simulator settings"),
     ([], "required"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):

@@ -60,6 +60,7 @@ def synthetic_tables(
             "skill_id": pa.array(skill_ids[skill], pa.string()),
             "status": pa.array(statuses, pa.string()),
             "defect": pa.array(defect, pa.bool_()),
+            "rewrite": pa.nulls(n_edges, pa.string()),
         },
         schema=INTERACTIONS,
     )

@@ -17,7 +17,10 @@ from raylib.store import Store
 
 ARTIFACTS = ("rewrites", "embeddings", "policy", "decisions", "loop_report")
 ROUND_KEYS = ("round", "defect_rate", "defect_rate_without_rewrites", "rewritten_share", "true_reward", "served_reward",
-              "policy_version", "rewrites_version")  # a round's line in the summary
+              "policy_version", "rewrites_version", "treatment_defect_rate", "holdout_defect_rate", "ab_reduction",
+              "rewritable_treatment_defect_rate", "rewritable_holdout_defect_rate", "rewritable_ab_reduction",
+              "online_tested", "online_wins", "online_losses", "blacklisted", "withdrawn_stale",
+              "withdrawn_stale_by_reason")  # a round's line in the summary
 
 
 class Loop:
@@ -64,8 +67,12 @@ class Loop:
         for rnd in range(1, s.rounds + 1):
             rounds.append(self.rounds.served(rnd, rewrites_version, policy_version))
             done = rounds[-1]
-            log.info("round %d: defect rate %s (without rewrites %s), true reward %s", rnd, number(done["defect_rate"]),
-                     number(done["defect_rate_without_rewrites"]), number(done["true_reward"]))
+            log.info("round %d: defect rate %s (without rewrites %s), true reward %s; A/B treatment %s holdout %s, "
+                     "online wins %d losses %d", rnd, number(done["defect_rate"]),
+                     number(done["defect_rate_without_rewrites"]), number(done["true_reward"]),
+                     number(done["treatment_defect_rate"]), number(done["holdout_defect_rate"]),
+                     done["online_wins"], done["online_losses"])
+            rewrites_version = done["rewrites_after_blacklist"] or rewrites_version
             if rnd == s.rounds:
                 break
             params = {**self.params, "round": rnd}

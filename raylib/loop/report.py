@@ -59,6 +59,21 @@ def markdown_report(summary: dict, plot_files: list[str]) -> str:
         lines.append(f"| {r['round']} | {number(r['defect_rate'])} | {number(r['defect_rate_without_rewrites'])} | "
                      f"{number(r['rewritten_share'], 3)} | {number(r['true_reward'])} | {number(r['served_reward'])} | "
                      f"{r['policy_version']} | {r['rewrites_version']} |")
+    lines += ["", "## Online A/B and blacklist per round", "",
+              f"Observed defect rate of the round's simulated traffic (every non-interjection turn; not a replay): "
+              f"treatment (served rewrites) against the holdout ({summary['settings']['holdout_share']:.0%} of "
+              "customers by id hash, served none), overall and on the turns whose said utterance has a served "
+              "rewrite. Per rewrite, friction with against without it by the two-proportion Z-test at p = 0.01: "
+              "wins, losses (blacklisted and withdrawn at once). Stale: rows the served version withdrew when mined.",
+              "", "| round | treatment | holdout | reduction | treatment (rewritten sources) | holdout (rewritten "
+              "sources) | reduction | rewrites tested | online wins | online losses | blacklisted | withdrawn "
+              "as stale |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary["rounds"]:
+        lines.append(f"| {r['round']} | {number(r['treatment_defect_rate'])} | {number(r['holdout_defect_rate'])} | "
+                     f"{_percent(r['ab_reduction'])} | {number(r['rewritable_treatment_defect_rate'])} | "
+                     f"{number(r['rewritable_holdout_defect_rate'])} | {_percent(r['rewritable_ab_reduction'])} | "
+                     f"{r['online_tested']} | {r['online_wins']} | {r['online_losses']} | {r['blacklisted']} | "
+                     f"{r['withdrawn_stale']} |")
     reduction = summary["defect_rate_reduction"]
     lines += ["", f"Defect rate before: **{number(summary['defect_rate_before'])}**, after: "
               f"**{number(summary['defect_rate_after'])}** (reduction "
@@ -80,6 +95,10 @@ def markdown_report(summary: dict, plot_files: list[str]) -> str:
     lines += ["", f"Stages run this time: {', '.join(summary['stages']['ran']) or 'none'}; reused: "
               f"{', '.join(summary['stages']['reused']) or 'none'}.", ""]
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _features(feats: dict) -> list[str]:

@@ -3,7 +3,20 @@
 Round 0 is the system before self-learning: no rewrites, the simulator's logging router.
 Round r >= 1 serves a rewrite table and a policy through the Serve application (HTTP
 only) and writes its decisions, joined with the simulator's rewards, as training data for
-the next policy. Every round measures, on held-out traffic of the same world:
+the next policy. Round r's traffic is simulated in period r (``simulate(period=r)``) with
+the served rewrite table in the simulator's request path: POST /v1/rewrite answers for
+every utterance of the world's vocabulary, and every customer outside the holdout
+(``LoopSettings.holdout_share``, ``raylib.rewrite.online.in_holdout``) meets those
+rewrites; the logs carry what was said and the rewrite applied, and later mining learns
+from them (``raylib.rewrite.sessions``: rewritten sessions are the A/B's evidence, not
+mined). Every round measures, on its own traffic:
+
+* the online A/B (``raylib.rewrite.online``): the observed defect rate of treatment and
+  holdout (all turns, and the turns of the served rewrites' sources) and their relative
+  reduction; per rewrite the Z-test of treatment against holdout, its wins and losses;
+  losers are blacklisted and withdrawn at once (``publish.withdraw_blacklisted``);
+* ``withdrawn_stale``: the rows the served rewrites version withdrew as stale when it
+  was mined (``publish.merge_today``), by reason;
 
 * the expected defect rate of the requests users make, with and without the served
   rewrites (``raylib.rewrite.evaluate.defect_rates``: first attempts and follow-ups);
@@ -32,9 +45,11 @@ from raylib.loop.service import Service, route_bodies
 from raylib.loop.settings import LoopSettings
 from raylib.loop.stages import Stages
 from raylib.rewrite.evaluate import defect_rates, intended_turns
+from raylib.rewrite.online import arm_defect_rates, losers, online_ab, online_win_loss
+from raylib.rewrite.publish import BLACKLISTED, withdraw_blacklisted
 from raylib.routing.assess import logging_true_value, true_value
 from raylib.routing.data import prepare
-from raylib.schema import FEEDBACK, ROUTING_LOG
+from raylib.schema import FEEDBACK, ROUTING_LOG, normalize_utterance
 from raylib.sim import World, simulate
 from raylib.store import Store
 from raylib.validate import quarantine
@@ -111,16 +126,38 @@ class Rounds:
         policy = HybridPolicy.from_artifact(self.store.load("policy", policy_version))
         return true_value(policy.padded_distribution(requests)[0], truth)
 
-    def traffic(self, rnd: int) -> str:
-        """Held-out traffic of round ``rnd``: the same world, a new traffic seed."""
+    def traffic(self, rnd: int, served: dict[str, str], rewrites_version: str | None) -> str:
+        """Traffic of round ``rnd``: the same world, a new traffic seed, period ``rnd``, the
+        ``served`` rewrites (normalized source -> target) in the request path."""
         directory = self.path("data", f"round-{rnd}")
-        self.stages.run(f"round-{rnd}-traffic", self.params, lambda: simulate(
-            directory, self.s.preset, self.s.seed, self.s.world_overrides(), self.s.seed + TRAFFIC_SEED + rnd))
+        self.stages.run(f"round-{rnd}-traffic", {**self.params, "rewrites": rewrites_version}, lambda: simulate(
+            directory, self.s.preset, self.s.seed, self.s.world_overrides(), self.s.seed + TRAFFIC_SEED + rnd,
+            period=rnd, rewrites=served, holdout_share=self.s.holdout_share))
         return directory
 
-    def request_defect_rates(self, rnd: int, rewrite: Callable[[list[str]], list[str | None]] | None) -> dict:
-        """``round_defect_rates`` of round ``rnd``'s traffic with ``rewrite`` serving it."""
-        traffic = self.traffic(rnd)
+    def served_table(self, svc: Service) -> dict[str, str]:
+        """The served rewrites of every utterance the world can say, by POST /v1/rewrite."""
+        vocab = [normalize_utterance(u) for u in self.world.catalog.vocab]
+        return {u: r for u, r in zip(vocab, svc.rewrite(vocab)) if r is not None and r != u}
+
+    def online(self, rnd: int, traffic: str, served: dict[str, str], rewrites_version: str | None) -> dict:
+        """The round's online A/B and blacklist (module docstring); the A/B per rewrite is
+        written as OUT/rounds/round-<rnd>/online_ab."""
+        interactions = uri.read_table(traffic, "interactions")
+        ab = online_ab(interactions, served, self.s.holdout_share)
+        uri.write_table(ab, self.path("rounds", f"round-{rnd}"), "online_ab")
+        lost = losers(ab)
+        withdrawal = withdraw_blacklisted(self.store, lost, rnd)
+        stale = (self.store.load("rewrites", rewrites_version).metadata.get("withdrawn_by_reason", {})
+                 if rewrites_version else {})
+        return {**arm_defect_rates(interactions, list(served), self.s.holdout_share), **online_win_loss(ab),
+                "blacklisted": lost.num_rows, "withdrawn_blacklisted": withdrawal["withdrawn"],
+                "rewrites_after_blacklist": withdrawal["rewrites_version"],
+                "withdrawn_stale": sum(v for k, v in stale.items() if k != BLACKLISTED),
+                "withdrawn_stale_by_reason": {k: v for k, v in stale.items() if k != BLACKLISTED}}
+
+    def request_defect_rates(self, traffic: str, rewrite: Callable[[list[str]], list[str | None]] | None) -> dict:
+        """``round_defect_rates`` of the traffic under ``traffic`` with ``rewrite`` serving it."""
         interactions = uri.read_table(traffic, "interactions", ["customer_id", "device_id", "timestamp", "utterance",
                                                                 "intent"])
         turns = intended_turns(interactions, uri.read_table(traffic, "truth_turns"))
@@ -134,7 +171,9 @@ class Rounds:
         """Round 0: no rewrites, the simulator's logging router."""
         def work():
             routed, truth = self.world.routing(self.s.route_requests, seed=self.s.seed + ROUTING_SEED)
-            return {"round": 0, **self.request_defect_rates(0, None), "true_reward": self.true_reward(None),
+            traffic = self.traffic(0, {}, None)
+            return {"round": 0, **self.request_defect_rates(traffic, None), **self.online(0, traffic, {}, None),
+                    "true_reward": self.true_reward(None),
                     "served_reward": logging_true_value(routed, truth), "policy_version": LOGGING_POLICY,
                     "rewrites_version": None, "served_through": "simulator logging policy"}
 
@@ -145,8 +184,11 @@ class Rounds:
         feedback are written under OUT/rounds/round-<rnd> and published as ``decisions``."""
         def work():
             svc = self.serving(rewrites_version, policy_version)
-            rates = self.request_defect_rates(rnd, svc.rewrite)
-            return {"round": rnd, **rates, **self.route(svc, rnd, policy_version),
+            served = self.served_table(svc)
+            traffic = self.traffic(rnd, served, rewrites_version)
+            rates = self.request_defect_rates(traffic, svc.rewrite)
+            return {"round": rnd, **rates, **self.online(rnd, traffic, served, rewrites_version),
+                    **self.route(svc, rnd, policy_version),
                     "true_reward": self.true_reward(policy_version), "rewrites_version": rewrites_version}
 
         return self.stages.run(f"round-{rnd}", {**self.params, "rewrites": rewrites_version,
@@ -216,7 +258,7 @@ class Rounds:
         window, not the last round alone: a rewrite is withdrawn when the window no longer
         supports it, and one round is too little traffic to judge that (seed 001 mines
         months of logs)."""
-        sources = [self.train_dir] + [self.traffic(k) for k in range(1, rnd + 1)]
+        sources = [self.train_dir] + [self.path("data", f"round-{k}") for k in range(1, rnd + 1)]
         directory = pool(self.path("data", f"mine-window-{rnd}"), sources, ("interactions", "truth_turns"))
         truth = pa.concat_tables([uri.read_table(src, "truth_rewrites") for src in sources])
         first = sorted({u: i for i, u in reversed(list(enumerate(truth["utterance"].to_pylist())))}.values())

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib.rewrite.sessions import FAILURE, SessionStats, session_stats
+from raylib.rewrite.sessions import FAILURE, SessionStats, mined_sessions, session_stats
 
 SUCCESS_STATE, FAILURE_STATE = "<success>", "<failure>"  # never an interpretation key (no '|')
 
@@ -38,8 +38,10 @@ _KEYS = ["kind", "key1", "key2"]
 
 
 def session_counts(sessions: pa.Table) -> pa.Table:
-    """Partial counts (``COUNTS``) of a batch of whole sessions."""
+    """Partial counts (``COUNTS``) of a batch of whole sessions; only ``mined_sessions``
+    reach the chain, pair and utterance counts (every session reaches the stats)."""
     stats = session_stats(sessions).as_dict()
+    sessions = mined_sessions(sessions)
     stats_rows = pa.table({"kind": ["session"] * len(stats), "key1": list(stats), "key2": [""] * len(stats),
                            "count": list(stats.values()), "defects": [0] * len(stats)}, schema=COUNTS)
     if pc.sum(pc.list_value_length(sessions.column("utterances"))).as_py() in (None, 0):

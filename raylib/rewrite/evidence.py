@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raylib.rewrite.sessions import mined_sessions
+
 EVIDENCE = pa.schema(
     [
         pa.field("utterance", pa.string(), nullable=False),
@@ -26,7 +28,9 @@ EVIDENCE = pa.schema(
 
 def pair_evidence(sessions: pa.Table, candidates: pa.Table) -> pa.Table:
     """Per (utterance, rewrite, customer): sessions in which the customer said ``rewrite``
-    after ``utterance``; only pairs listed in ``candidates`` (columns utterance, rewrite)."""
+    after ``utterance``; only pairs listed in ``candidates`` (columns utterance, rewrite),
+    only in ``mined_sessions`` (a session that met a served rewrite is no evidence)."""
+    sessions = mined_sessions(sessions)
     if sessions.num_rows == 0 or candidates.num_rows == 0:
         return EVIDENCE.empty_table()
     vocab = np.unique(np.concatenate([

@@ -12,6 +12,7 @@ _STAGES = [
     ("n_interjections", "interjections removed (Stop/Cancel)"),
     ("interjection_only", "sessions made only of interjections"),
     ("n_sessions", "sessions (delta_tau gap, per customer + device)"),
+    ("rewritten_sessions", "sessions that met a served rewrite (online A/B evidence, not mined)"),
     ("n_utterances", "distinct utterances |U|"),
     ("n_interpretations", "interpretations |H| (transient states)"),
     ("n_transitions", "non-zero entries of Q"),

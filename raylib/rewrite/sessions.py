@@ -47,6 +47,22 @@ Edge cases, as decided here:
   (collapsed: the one shared target is removed by the generic-target filter.) On the
   medium preset the table is the same under both (416 rewrites; with ``--z-rule paper``
   473, precision 0.998 under both), so ``"utterance"`` is the default.
+* **Rewritten turns** (a served rewrite was applied: the ``rewrite`` column is not null):
+  a session holding one is kept with ``rewritten`` set, counted
+  (``rewritten_sessions``) and left out of everything mining learns from
+  (``mined_sessions``: the chain, the interpretation space, the friction counts and the
+  direct evidence). What a rewritten turn is evidence for: whether serving u_t to the
+  speakers of u_s works, which the online A/B (``raylib.rewrite.online``) measures against
+  the holdout. It is no evidence about u_s as spoken (the NLU never saw it: counted as u_s,
+  a source whose rewrite works would look successful and self-partition, so the rewrite
+  that fixed it would be withdrawn as stale), nor about u_t as its own speakers say it
+  (counted as u_t, the rewrite's failures would become u_t's reformulations and mine
+  u_t -> u_c, a chain u_s -> u_t -> u_c; counted as u_s with u_t's interpretation, u_s
+  would become a target that only succeeds because it is served). The session's other
+  turns go with it: their reformulation path ran through a served rewrite. Sources stay
+  learnable from the holdout's sessions and from traffic before the rewrite was served;
+  a served source seen only in rewritten sessions is not "held by today's traffic", so
+  ``raylib.rewrite.publish`` keeps its rewrite rather than withdrawing it.
 * Turns with equal timestamps keep a deterministic order (ties broken by the other
   columns), so every execution path builds the same sessions.
 
@@ -79,18 +95,21 @@ SESSIONS = pa.schema(
         pa.field("defects", pa.list_(pa.bool_()), nullable=False),
         pa.field("outcome", pa.string(), nullable=False),  # success / failure
         pa.field("n_interjections", pa.int64(), nullable=False),
+        pa.field("rewritten", pa.bool_(), nullable=False),  # met a served rewrite: not mined
     ]
 )
 
 
 @dataclass(frozen=True)
 class SessionStats:
-    """What sessionization saw: turns in, interjections removed, sessions out."""
+    """What sessionization saw: turns in, interjections removed, sessions mined, sessions
+    made only of interjections, sessions set aside because they met a served rewrite."""
 
     n_turns: int
     n_interjections: int
     n_sessions: int
     interjection_only: int
+    rewritten_sessions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -138,7 +157,10 @@ def sessionize(
 
     Eq. 2: consecutive turns of one (customer, device) with ``tau_{i+1} - tau_i <= gap_s``
     form one session; see the module docstring for interjections and outcomes.
-    Each turn's state is ``turn_states(..., no_match_states)``.
+    Each turn's state is ``turn_states(..., no_match_states)``. A session holding a turn
+    whose ``rewrite`` is not null (a served rewrite was applied; a table without the
+    column has none) is marked ``rewritten``: the online A/B's evidence, which
+    ``mined_sessions`` leaves out of mining (the module docstring gives the rule).
     Returns the ``SESSIONS`` table sorted by session_id; a session made only of
     interjections stays as a row with empty lists (counted by ``session_stats``, no state).
     """
@@ -162,6 +184,10 @@ def sessionize(
     new[1:] = (cust[1:] != cust[:-1]) | (dev[1:] != dev[:-1]) | ((ts[1:] - ts[:-1]) > gap_s * 1000.0)
     session_of = np.cumsum(new) - 1
     inter = is_interjection(t.column("intent"), interjections)
+    if "rewrite" in t.column_names:
+        served = t.column("rewrite").is_valid().to_numpy(zero_copy_only=False)
+    else:
+        served = np.zeros(n, dtype=bool)
 
     # Failure by explicit feedback: the session's raw last turn is an interjection.
     last_raw = np.append(np.flatnonzero(new)[1:] - 1, n - 1)
@@ -200,19 +226,28 @@ def sessionize(
             "defects": pa.ListArray.from_arrays(offsets, kept.column("defect").combine_chunks()),
             "outcome": pa.array(outcome, pa.string()),
             "n_interjections": pa.array(np.bincount(session_of[inter], minlength=n_raw).astype(np.int64)),
+            "rewritten": pa.array(np.bincount(session_of[served], minlength=n_raw) > 0),
         },
         schema=SESSIONS,
     )
     return table.take(pc.sort_indices(table, sort_keys=[("session_id", "ascending")]))
 
 
+def mined_sessions(sessions: pa.Table) -> pa.Table:
+    """The sessions mining learns from: those that met no served rewrite (module docstring)."""
+    return sessions.filter(pc.invert(sessions.column("rewritten")))
+
+
 def session_stats(sessions: pa.Table) -> SessionStats:
-    """Counts of a SESSIONS table (sessions made only of interjections have no turns)."""
+    """Counts of a SESSIONS table (sessions made only of interjections have no turns;
+    ``n_sessions`` counts the mined ones, ``rewritten_sessions`` the others)."""
     lengths = pc.list_value_length(sessions.column("utterances")).to_numpy(zero_copy_only=False)
     inter = sessions.column("n_interjections").to_numpy()
+    rewritten = sessions.column("rewritten").to_numpy(zero_copy_only=False).astype(bool)
     return SessionStats(
         n_turns=int(lengths.sum() + inter.sum()),
         n_interjections=int(inter.sum()),
-        n_sessions=int((lengths > 0).sum()),
-        interjection_only=int((lengths == 0).sum()),
+        n_sessions=int(((lengths > 0) & ~rewritten).sum()),
+        interjection_only=int(((lengths == 0) & ~rewritten).sum()),
+        rewritten_sessions=int(rewritten.sum()),
     )

@@ -3,7 +3,12 @@
 Customers are simulated ``chunk_customers`` at a time and each chunk is written as its
 own Parquet part, so a large preset never holds all rows in memory. The same
 (config, seed) always gives the same files; ``traffic_seed`` draws new traffic from the
-same world (held-out traffic for evaluation).
+same world (held-out traffic for evaluation). ``period`` p places the traffic in days
+[p * days, (p + 1) * days) after the world's start (the outage of ``noise.outage_share``
+is on while p < ``noise.outage_periods``); ``rewrites`` (normalized utterance -> served
+text) is applied in the request path for every customer outside the hash-drawn holdout
+(``raylib.rewrite.online.in_holdout``, ``holdout_share``), and each interaction logs the
+text said (``utterance``) and the rewrite applied (``rewrite``, null: none).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import pyarrow as pa
 
 from raylib import schema as S
 from raylib import uri
+from raylib.errors import UserError
+from raylib.rewrite.online import in_holdout
+from raylib.schema import normalize_utterance
 from raylib.sim import config as sim_config
 from raylib.sim.catalog import ASR, CANONICAL, CAUSE, DOMAINS, SYSTEM_SKILL, WBR_COR
 from raylib.sim.traffic import TURN_KINDS, generate_turns
@@ -70,20 +78,40 @@ class _Columns:
         return np.where(utt >= 0, utt, self.n_vocab - 1 - utt)  # -1 -> stop, -2 -> cancel
 
 
-def _tables(world: World, cols: _Columns, turns) -> tuple[pa.Table, pa.Table]:
+def rewrite_ids(world: World, rewrites: dict[str, str] | None) -> np.ndarray | None:
+    """``rewrites`` (normalized utterance -> served text) as the vocab-id array
+    ``generate_turns`` takes (-1: none); a source this world never says is ignored, a
+    target outside its vocabulary is an error."""
+    if not rewrites:
+        return None
+    index = {normalize_utterance(u): i for i, u in enumerate(world.catalog.vocab)}
+    out = np.full(len(index), -1, dtype=np.int64)
+    for source, target in rewrites.items():
+        if normalize_utterance(source) not in index:
+            continue
+        if normalize_utterance(target) not in index:
+            raise UserError(f"served rewrite {source!r} -> {target!r}: the target is no utterance of this world")
+        out[index[normalize_utterance(source)]] = index[normalize_utterance(target)]
+    return out
+
+
+def _tables(world: World, cols: _Columns, turns, offset_s: float = 0.0) -> tuple[pa.Table, pa.Table]:
     order = np.lexsort((turns.time_s, turns.customer))
     pop = world.population
     c = turns.customer[order]
-    ts = pa.array(world.start_ms + np.round(turns.time_s[order] * 1000).astype(np.int64)).cast(S.TIMESTAMP)
+    ms = world.start_ms + np.round((turns.time_s[order] + offset_s) * 1000).astype(np.int64)
+    ts = pa.array(ms).cast(S.TIMESTAMP)
     ids = np.asarray(pop.ids, dtype=object)
     device = pop.device_id(c, turns.device[order]).astype(object)
     ui = cols.utterance_index(turns.utterance[order].astype(np.int64))
+    si = cols.utterance_index(turns.served[order].astype(np.int64))
     interactions = pa.table({
         "customer_id": ids[c], "device_id": device, "timestamp": ts,
-        "utterance": cols.text[ui], "domain": cols.domain[ui], "intent": cols.intent[ui], "slots": cols.slots[ui],
+        "utterance": cols.text[ui], "domain": cols.domain[si], "intent": cols.intent[si], "slots": cols.slots[si],
         "skill_id": cols.skill[turns.skill[order].astype(np.int64)],
         "status": np.asarray(S.STATUSES, dtype=object)[turns.status[order].astype(np.int64)],
         "defect": turns.defect[order].astype(bool),
+        "rewrite": np.where(si != ui, cols.text[si], None),
     }, schema=S.INTERACTIONS)
     rt = turns.request_type[order].astype(np.int64)
     truth = pa.table({
@@ -111,30 +139,39 @@ def _defective_variants(world: World) -> dict[int, tuple[int, int]]:
 
 
 def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None = None,
-             traffic_seed: int | None = None) -> dict:
+             traffic_seed: int | None = None, period: int = 0, rewrites: dict[str, str] | None = None,
+             holdout_share: float = 0.0) -> dict:
     """Simulate a world and write every table and ``world.json`` under ``out``; returns
-    the figures of the job's summary."""
+    the figures of the job's summary (see the module docstring for the last three)."""
     cfg = sim_config.resolve(preset, config)
     traffic_seed = seed if traffic_seed is None else traffic_seed
+    if period < 0:
+        raise UserError(f"period must be >= 0, got {period}")
     world = World(cfg, seed)
+    rewrite = rewrite_ids(world, rewrites)
+    holdout = in_holdout(world.population.ids, holdout_share)
+    outage = period < cfg["noise"]["outage_periods"]
+    offset_s = period * cfg["traffic"]["days"] * 86400.0
     cols = _Columns(world)
     uri.write_table(customers_table(world), out, "customers")
     uri.write_table(skills_table(world), out, "skills")
 
     defective = _defective_variants(world)
     seen_defective: Counter = Counter()
-    n_rows = n_defects = 0
+    n_rows = n_defects = n_rewritten = 0
     interps: set[str] = set()
     attempts = []
     chunk = cfg["chunk_customers"]
     for part, start in enumerate(range(0, world.population.n, chunk)):
         customers = np.arange(start, min(world.population.n, start + chunk))
-        turns = generate_turns(world.traffic, customers, np.random.default_rng([seed, 1, traffic_seed, part]))
-        interactions, truth = _tables(world, cols, turns)
+        turns = generate_turns(world.traffic, customers, np.random.default_rng([seed, 1, traffic_seed, part]),
+                               rewrite, holdout, outage)
+        interactions, truth = _tables(world, cols, turns, offset_s)
         uri.write_table(interactions, out, "interactions", part)
         uri.write_table(truth, out, "truth_turns", part)
         n_rows += interactions.num_rows
         n_defects += int(turns.defect.sum())
+        n_rewritten += int((turns.served != turns.utterance).sum())
         keys = pa.compute.binary_join_element_wise(interactions["domain"], interactions["intent"], interactions["slots"], "|")
         interps.update(pa.compute.unique(keys).to_pylist())
         attempts.append(turns.first_defect_attempts)
@@ -156,8 +193,8 @@ def simulate(out: str, preset: str = "small", seed: int = 0, config: dict | None
 
     attempts = np.concatenate(attempts) if attempts else np.zeros(0)
     summary = {
-        "preset": preset, "seed": seed, "traffic_seed": traffic_seed,
-        "n_interactions": n_rows,
+        "preset": preset, "seed": seed, "traffic_seed": traffic_seed, "period": period, "outage": outage,
+        "n_interactions": n_rows, "rewritten_turns": n_rewritten, "holdout_share": holdout_share,
         "n_customers": world.population.n,
         "n_skills": len(world.catalog.skill_ids),
         "n_routing": n_routing,

@@ -12,7 +12,17 @@ what the user meant, or, for a correct interpretation, with probability
 (``d_u`` a fixed difficulty of the utterance, ``a(c, s)`` the customer-skill affinity), so
 both who-uses-which-skill and the words said carry signal. After a defect the user
 rephrases correctly, rephrases wrongly, switches to a generic request ("play music"),
-abandons, or interjects "stop"/"cancel" (and sometimes tries again). Turn gaps are a few
+abandons, or interjects "stop"/"cancel" (and sometimes tries again); after a skill failure
+(status ``error``) a share ``behaviour.switch_entity`` changes their mind and asks for the
+similar entity of the same intent (``World.similar_rt``). During an outage
+(``outage=True``) every request the NLU reads as one of ``World.outage_rt`` fails with
+status ``error``.
+
+Served rewrites sit in the request path: ``rewrite[u]`` is the utterance the NLU receives
+when ``u`` is said (-1: none), for every customer outside the ``holdout``. The NLU
+interprets the rewrite, the skill runs it, and the user reacts to what it produced through
+the same state machine (a wrong interpretation is a defect with probability
+``defect.wrong_interpretation``, "stop" often follows). Turn gaps are a few
 seconds; occasionally a rephrase comes after more than 45 s (a session split) or from
 another device. The whole state machine runs on numpy arrays, one step for all active
 sessions at a time.
@@ -26,8 +36,9 @@ import numpy as np
 
 from raylib.sim.catalog import ASR, CANONICAL, DOMAINS, GENERIC_INTENT, INTENTS, PARTIAL, UNSUPPORTED
 
-FIRST, REPHRASE_GOOD, REPHRASE_BAD, GENERIC, INTERJECTION, FOLLOWUP = range(6)
-TURN_KINDS = ("first", "rephrase_good", "rephrase_bad", "generic", "interjection", "followup")
+FIRST, REPHRASE_GOOD, REPHRASE_BAD, GENERIC, INTERJECTION, FOLLOWUP, SWITCH = range(7)
+TURN_KINDS = ("first", "rephrase_good", "rephrase_bad", "generic", "interjection", "followup", "switch_entity")
+SWITCH_BEHAVIOUR = 5  # after rephrase good/bad, generic, abandon, interject (0..4)
 SESSION_SLOT_MARGIN_S = 900.0  # sessions of one customer start >= 15 min apart
 
 
@@ -38,7 +49,8 @@ class Turns:
     customer: np.ndarray
     device: np.ndarray
     time_s: np.ndarray
-    utterance: np.ndarray  # vocab id (interjections: -1 stop, -2 cancel)
+    utterance: np.ndarray  # vocab id said (interjections: -1 stop, -2 cancel)
+    served: np.ndarray  # vocab id the NLU received: the served rewrite, else = utterance
     skill: np.ndarray  # skill index, -1 = system skill
     status: np.ndarray  # 0 ok, 1 error, 2 no_match
     defect: np.ndarray
@@ -82,7 +94,7 @@ class TrafficModel:
             self.kind_stop[:, k] = np.where(last >= 0, last + 1, 0)
         self.kind_count = self.kind_stop - self.kind_start
         self.cum_weight = np.cumsum(cat.var_weight)
-        self.var_correct = world.utt_interp[cat.var_utterance] == world.rt_interp[rt_of_var]
+        self.utt_outage = np.isin(world.utt_interp, world.rt_interp[world.outage_rt]) & (world.utt_status == 0)
         rt_domain = np.array([DOMAINS.index(INTENTS[i].domain) for i in cat.rt_intent])
         self.rt_domain = rt_domain
         self.generic_rt = int(np.flatnonzero(cat.rt_intent == GENERIC_INTENT)[0])
@@ -141,8 +153,24 @@ class TrafficModel:
         return skill
 
 
-def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
-    """Simulate every session of ``customers``; returns the turns in generation order."""
+def served_utterances(said: np.ndarray, customer: np.ndarray, rewrite: np.ndarray | None,
+                      holdout: np.ndarray | None) -> np.ndarray:
+    """What the NLU receives: ``rewrite[said]`` where it is >= 0 and the customer is not in
+    the ``holdout`` (a bool per customer index), else ``said`` itself."""
+    if rewrite is None:
+        return said
+    target = rewrite[said]
+    treated = target >= 0
+    if holdout is not None:
+        treated &= ~holdout[customer]
+    return np.where(treated, target, said)
+
+
+def generate_turns(model: TrafficModel, customers: np.ndarray, rng, rewrite: np.ndarray | None = None,
+                   holdout: np.ndarray | None = None, outage: bool = False) -> Turns:
+    """Simulate every session of ``customers``; returns the turns in generation order.
+    ``rewrite`` (vocab id -> served vocab id, -1 none) and ``holdout`` (bool per customer
+    index: served no rewrites) as ``served_utterances``; ``outage``: the outage is on."""
     w = model.w
     cfg, cat, pop = w.config, w.catalog, w.population
     tr, beh, dcfg = cfg["traffic"], cfg["behaviour"], cfg["defect"]
@@ -170,9 +198,10 @@ def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
         slow = rng.random(n) < tr["slow_rephrase_rate"]
         return np.where(slow, 46.0 + rng.random(n) * 74.0, g)
 
-    def emit(c, d, time_s, utt, skill, status, defect, p, rt, tk):
-        for f, v in zip(("customer", "device", "time_s", "utterance", "skill", "status", "defect", "defect_probability",
-                         "request_type", "turn_kind"), (c, d, time_s, utt, skill, status, defect, p, rt, tk)):
+    def emit(c, d, time_s, utt, served, skill, status, defect, p, rt, tk):
+        for f, v in zip(("customer", "device", "time_s", "utterance", "served", "skill", "status", "defect",
+                         "defect_probability", "request_type", "turn_kind"),
+                        (c, d, time_s, utt, served, skill, status, defect, p, rt, tk)):
             out[f].append(v)
 
     active = np.arange(len(cust))
@@ -182,20 +211,23 @@ def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
         repeat = (kd == -1)
         v = np.where(repeat, prev_v[active], model.variant(rr, np.maximum(kd, 0), rng))
         prev_v[active] = v
-        u = cat.var_utterance[v]
+        said = cat.var_utterance[v]
+        u = served_utterances(said, c, rewrite, holdout)
         nlu_ok = w.utt_status[u] == 0
         domain = w.utt_domain[u]
         skill = model.choose_skill(c, domain, rng)
         skill_error = nlu_ok & (rng.random(len(c)) < cfg["noise"]["skill_error_rate"])
+        if outage:
+            skill_error |= model.utt_outage[u]
         status = np.where(~nlu_ok, 2, np.where(skill_error, 1, 0))
-        correct = model.var_correct[v]
+        correct = w.utt_interp[u] == w.rt_interp[rr]
         aff = np.zeros(len(c))
         has_skill = skill >= 0
         aff[has_skill] = pop.affinity(c[has_skill], skill[has_skill], cat)
         p_ok = sigmoid(dcfg["base_logit"] + w.utt_difficulty[u] - dcfg["affinity_weight"] * aff)
         p = np.where(status > 0, 1.0, np.where(correct, p_ok, dcfg["wrong_interpretation"]))
         defect = rng.random(len(c)) < p
-        emit(c, dev[active], t[active], u, skill, status, defect, p, rr, turn_kind[active])
+        emit(c, dev[active], t[active], said, u, skill, status, defect, p, rr, turn_kind[active])
         is_first = attempt[active] == 0
         first_defect[active[is_first & defect]] = True
 
@@ -206,6 +238,9 @@ def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
         b = np.searchsorted(behaviour_cum, rng.random(len(c)), side="right")
         unwanted = defect & (status == 0) & ~correct
         b = np.where(unwanted & (rng.random(len(c)) < beh["stop_after_unwanted"]), 4, b)
+        if beh["switch_entity"] > 0:  # drawn only when on: the default traffic stays as it was
+            switch = defect & (status == 1) & (w.similar_rt[rr] >= 0) & (rng.random(len(c)) < beh["switch_entity"])
+            b = np.where(switch, SWITCH_BEHAVIOUR, b)
         b = np.where(attempt[active] + 1 >= tr["max_attempts"], 3, b)
         generic_ok = model.rt_domain[rr] == 0
         b = np.where((b == 2) & ~generic_ok, 3, b)
@@ -213,11 +248,11 @@ def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
         if interject.any():
             ii = np.flatnonzero(interject)
             which = rng.integers(0, 2, len(ii))
-            emit(c[ii], dev[active[ii]], t[active[ii]] + 1.0 + rng.random(len(ii)) * 3.0, -1 - which,
+            emit(c[ii], dev[active[ii]], t[active[ii]] + 1.0 + rng.random(len(ii)) * 3.0, -1 - which, -1 - which,
                  np.full(len(ii), -1), np.zeros(len(ii), int), np.zeros(len(ii), bool), np.zeros(len(ii)),
                  rr[ii], np.full(len(ii), INTERJECTION))
         retry_after_stop = interject & (rng.random(len(c)) < beh["interject_then_rephrase"])
-        cont_defect = defect & ((b <= 2) | retry_after_stop)
+        cont_defect = defect & ((b <= 2) | (b == SWITCH_BEHAVIOUR) | retry_after_stop)
         followup = ~defect & (rng.random(len(c)) < tr["followup_rate"])
         cont = cont_defect | followup
         ended_episode = ~cont_defect
@@ -231,13 +266,16 @@ def generate_turns(model: TrafficModel, customers: np.ndarray, rng) -> Turns:
         bb = np.where(retry_after_stop, 0, b)[cont]
         fu = followup[cont]
         new_r = model.sample_requests(cust[nxt], rng)
-        r[nxt] = np.where(fu, new_r, np.where(bb == 2, model.generic_rt, r[nxt]))
+        instead = np.select([bb == 2, bb == SWITCH_BEHAVIOUR], [model.generic_rt, w.similar_rt[r[nxt]]], r[nxt])
+        r[nxt] = np.where(fu, new_r, instead)
         attempt[nxt] = np.where(fu, 0, attempt[nxt] + 1)
         first_kind = model.first_attempt_kind(r[nxt], rng)
         bad_kind = model.error_kind(r[nxt], rng)
         bad_kind = np.where(rng.random(len(nxt)) < 0.3, -1, bad_kind)  # sometimes says the same thing again
         kind[nxt] = np.where(fu, first_kind, np.select([bb == 0, bb == 1, bb == 2], [CANONICAL, bad_kind, CANONICAL], CANONICAL))
-        turn_kind[nxt] = np.where(fu, FOLLOWUP, np.select([bb == 0, bb == 1, bb == 2], [REPHRASE_GOOD, REPHRASE_BAD, GENERIC], REPHRASE_GOOD))
+        next_kind = np.select([bb == 0, bb == 1, bb == 2, bb == SWITCH_BEHAVIOUR],
+                              [REPHRASE_GOOD, REPHRASE_BAD, GENERIC, SWITCH], REPHRASE_GOOD)
+        turn_kind[nxt] = np.where(fu, FOLLOWUP, next_kind)
         active = nxt
 
     cols = {f: np.concatenate(v) if v else np.zeros(0) for f, v in out.items()}

@@ -32,6 +32,31 @@ def utterance_difficulty(texts, sd: float) -> np.ndarray:
     return sd * ndtri((h + 0.5) / 2.0**32)
 
 
+def similar_request_types(rt_intent: np.ndarray, rt_entity: np.ndarray) -> np.ndarray:
+    """The request type a user who changes their mind asks for instead: the same intent with
+    the neighbouring entity of the catalog (the next one, the previous for the last); -1 for
+    slot-less intents and for an intent with one entity."""
+    n = len(rt_intent)
+    nxt, prv = np.arange(n) + 1, np.arange(n) - 1
+    same_next = (nxt < n) & (rt_intent[np.minimum(nxt, n - 1)] == rt_intent)
+    same_prev = (prv >= 0) & (rt_intent[np.maximum(prv, 0)] == rt_intent)
+    out = np.where(same_next, nxt, np.where(same_prev, prv, -1))
+    return np.where(rt_entity >= 0, out, -1)
+
+
+def outage_request_types(rt_entity: np.ndarray, rt_share: np.ndarray, share: float, rng) -> np.ndarray:
+    """Which request types the outage hits: round(share x entity request types) of them,
+    drawn without replacement with probability proportional to their traffic share."""
+    if not 0.0 <= share <= 1.0:
+        raise UserError(f"noise.outage_share must be in [0, 1], got {share}")
+    entity = np.flatnonzero(rt_entity >= 0)
+    k = int(round(share * len(entity)))
+    out = np.zeros(len(rt_entity), dtype=bool)
+    if k:
+        out[rng.choice(entity, size=k, replace=False, p=rt_share[entity] / rt_share[entity].sum())] = True
+    return out
+
+
 class World:
     def __init__(self, config: dict, seed: int):
         self.config = config
@@ -57,6 +82,9 @@ class World:
         self.utt_difficulty = utterance_difficulty(cat.vocab, config["noise"]["utterance_difficulty_sd"])
         self.rt_interp_key = [cat.interpretation_of(i, e) for i, e in zip(cat.rt_intent, cat.rt_entity)]
         self.rt_interp = np.array([intern(k) for k in self.rt_interp_key])
+        self.similar_rt = similar_request_types(cat.rt_intent, cat.rt_entity)
+        self.outage_rt = outage_request_types(cat.rt_entity, cat.rt_share, config["noise"]["outage_share"],
+                                              np.random.default_rng([seed, 4]))  # own stream: rng above unchanged
         self.traffic = TrafficModel(self)
         self.skill_quality = rng.normal(0.0, 0.5, len(cat.skill_ids))
         self.context_effect = rng.normal(0.0, config["routing"]["context_effect"], (len(DEVICE_TYPES), N_SKILL_CATEGORY))
