@@ -140,6 +140,10 @@ def test_the_loop_on_the_cluster_resumes_after_a_stop(cluster, s3_module, config
     for r in rounds:
         assert 0.0 <= r["defect_rate"] <= 1.0 and 0.0 <= r["true_reward"] <= 1.0 and 0.0 <= r["served_reward"] <= 1.0
     assert rounds[0]["policy_version"] == "sim-logging" and rounds[0]["rewritten_share"] == 0.0
+    for r in rounds[1:]:  # the online A/B on the round's own traffic, the rewrites in the simulator's request path
+        assert 0.0 <= r["treatment_defect_rate"] <= 1.0 and 0.0 <= r["holdout_defect_rate"] <= 1.0
+        assert r["blacklisted"] == r["online_losses"] and r["online_wins"] + r["online_losses"] <= r["online_tested"]
+    assert any(k.startswith("loop/rounds/round-1/online_ab/") for k in bucket.keys("loop/rounds/"))
     assert summary["defect_rate_before"] == rounds[0]["defect_rate"]
     assert summary["defect_rate_after"] == rounds[-1]["defect_rate"]
     assert rounds[1]["rewrites_version"] is not None  # rewrites served from round 1
