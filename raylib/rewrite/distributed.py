@@ -4,20 +4,29 @@
    to ``<quarantine>/rejected`` and counted there).
 2. Each row gets a bucket = crc32(customer_id, device_id) mod B; ``groupby(bucket)
    .map_groups(sessionize)`` (a sort shuffle on that small integer: each bucket lands
-   whole in one block and is sessionized there).
-3. ``map_batches(session_counts)`` + ``groupby(kind, key1, key2).sum`` aggregate counts.
+   whole in one block and is sessionized there). B = ``shuffle_partitions(rows, CPUs)``:
+   it follows the data (a bucket stays near ``ROWS_PER_BUCKET`` rows, so one fits a
+   worker's memory at any size) and the cluster (at least ``BUCKETS_PER_CPU`` per CPU, so
+   every CPU has work).
+3. Counts by a hash-partitioned reduce of plain tasks: one task per block of sessions
+   computes its partial counts (``session_counts``) and splits them into B parts by
+   crc32(key1, key2) (``split_by_key``); one task per part sums its pieces
+   (``reduce_counts``). Only the B summed parts reach the driver. (Measured at 10^6
+   interactions on 2 busy CPUs: Ray Data's ``groupby(kind, key1, key2).sum``, a sort
+   shuffle on three strings, took 71 s; this reduce 18 s in the next run under similar
+   load, 1.4 s on quiet CPUs; ``benchmarks/README.md``, "Scale".)
 4. Q and R (CSR) go once into the object store (``ray.put``); a dataset of source states
-   is processed by ``map_batches`` on an actor pool, each batch doing BFS + sub-chain
-   solves (``approximate_sources``) for its sources.
+   is processed by ``map_batches`` on an actor pool (up to one actor per cluster CPU),
+   each batch doing BFS + sub-chain solves (``approximate_sources``) for its sources.
 5. Eq. 20 on the driver (sparse products), direct evidence by ``map_batches`` over the
    sessions, filters (``finalize``).
 
 Every partial result is summed or sorted by key, so the table equals ``mine_local``'s.
 
-Node failures. Both groupbys run under Ray Data's pull-based sort shuffle
-(``task_shuffle``), whose sample, map and reduce steps are plain tasks: a worker node lost
-mid-job only costs time (a lost block is recomputed from its lineage, a retried task
-recomputes the same blocks), and validation's quarantine parts are content-named
+Node failures. The sessionize groupby runs under Ray Data's pull-based sort shuffle
+(``task_shuffle``), whose sample, map and reduce steps are plain tasks, and the count
+reduce is plain tasks: a worker node lost mid-job only costs time (a lost block is
+recomputed from its lineage, a retried task recomputes the same blocks), and validation's quarantine parts are content-named
 (``raylib.validate.quarantine``), so a re-executed task rewrites its own file. (Ray
 Data's hash shuffle keeps the shards in aggregator actors that are not restarted, behind
 shard pushes that are not idempotent: ray-project/ray#59142.) The solver actor pool
@@ -26,13 +35,17 @@ candidates are ``ray.put`` by the driver, on the head node. ``tests/test_cluster
 SIGKILLs a worker node during sessionization and checks the table is unchanged.
 
 The driver logs the start of each stage at INFO (logger ``raylib.rewrite.distributed``,
-"mining: <stage> started"), so a job's log shows how far it got.
+"mining: <stage> started") and its wall time ("mining: <stage> took S s"; also into the
+``stage_seconds`` dict a caller passes), so a job's log shows how far it got and where the
+time went.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 import zlib
 
 import numpy as np
@@ -50,8 +63,32 @@ from raylib.rewrite.sessions import sessionize
 from raylib.schema import INTERACTIONS
 from raylib.validate import quarantine, validate
 
-DEFAULT_BUCKETS = 16
+# ~250k interactions are ~60 MiB in Arrow: a sessionized bucket (sorted copy plus list
+# columns, about 3x) stays near Ray Data's 128 MiB target block size.
+ROWS_PER_BUCKET = 250_000
+BUCKETS_PER_CPU = 2  # a straggling bucket leaves the other CPUs work
 log = logging.getLogger(__name__)
+
+
+def shuffle_partitions(n_rows: int, cluster_cpus: float, rows_per_bucket: int = ROWS_PER_BUCKET,
+                       per_cpu: int = BUCKETS_PER_CPU) -> int:
+    """Hash buckets (and shuffle partitions) for ``n_rows`` interactions on a cluster of
+    ``cluster_cpus`` CPUs: max(ceil(n_rows / rows_per_bucket), per_cpu * cluster_cpus), at
+    least 1. The first term bounds a bucket's size (its memory on one worker) as the data
+    grows; the second keeps every CPU busy on small data."""
+    if n_rows < 0 or cluster_cpus < 0 or rows_per_bucket < 1 or per_cpu < 1:
+        raise ValueError("need n_rows >= 0, cluster_cpus >= 0, rows_per_bucket >= 1, per_cpu >= 1")
+    return max(1, math.ceil(n_rows / rows_per_bucket), per_cpu * math.ceil(cluster_cpus))
+
+
+@contextlib.contextmanager
+def _stage(name: str, seconds: dict):
+    """Log a stage's start and wall time; record the time in ``seconds[name]``."""
+    log.info("mining: %s started", name)
+    t = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t
+    log.info("mining: %s took %.1f s", name, seconds[name])
 
 
 _SHUFFLE_SETTINGS = {"shuffle_strategy": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED}
@@ -110,6 +147,35 @@ class _SourceSolver:
         return approximate_sources(self.Q, self.R, batch["id"], self.depth, self.epsilon, self.top_k)
 
 
+def split_by_key(counts: pa.Table, n_parts: int) -> list[pa.Table]:
+    """``counts`` (``COUNTS``) cut into ``n_parts`` tables by crc32(key1, key2) mod
+    ``n_parts``: a key always lands in the same part, whichever block it came from."""
+    part = bucket_of(counts.column("key1"), counts.column("key2"), n_parts)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+    ordered = counts.take(pa.array(order))
+    return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n_parts)]
+
+
+@ray.remote
+def _block_counts(sessions: pa.Table, n_parts: int):
+    parts = split_by_key(session_counts(sessions), n_parts)
+    return parts if n_parts > 1 else parts[0]
+
+
+@ray.remote
+def _reduce_part(*parts: pa.Table) -> pa.Table:
+    return reduce_counts(list(parts))
+
+
+def _counts(sessions, n_parts: int) -> pa.Table:
+    """Summed ``COUNTS`` of a dataset of sessions (module docstring, step 3)."""
+    split = [_block_counts.options(num_returns=n_parts).remote(block, n_parts) for block in sessions.to_arrow_refs()]
+    split = [s if n_parts > 1 else [s] for s in split]
+    reduced = ray.get([_reduce_part.remote(*(s[j] for s in split)) for j in range(n_parts)])
+    return reduce_counts([t for t in reduced if t.num_rows] or [COUNTS.empty_table()])
+
+
 def _collect(ds) -> list[pa.Table]:
     return [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
 
@@ -122,54 +188,66 @@ def mine_ray(
     interactions,
     params: MiningParams = MiningParams(),
     quarantine: str | None = None,
-    n_buckets: int = DEFAULT_BUCKETS,
+    n_buckets: int | None = None,
     source_batch: int = 512,
-    n_solvers: int = 2,
+    n_solvers: int | None = None,
+    stage_seconds: dict | None = None,
 ) -> Mined:
     """The distributed path. ``interactions`` is a ``ray.data.Dataset`` of raw rows (e.g.
-    ``ray.data.read_parquet``); rejected rows are quarantined under ``quarantine``."""
+    ``ray.data.read_parquet``); rejected rows are quarantined under ``quarantine``.
+    ``n_buckets`` defaults to ``shuffle_partitions`` of the valid rows and the cluster's
+    CPUs, ``n_solvers`` (the solver actor pool's maximum) to the cluster's CPUs; each
+    stage's wall time goes into ``stage_seconds`` when given."""
+    seconds = {} if stage_seconds is None else stage_seconds
+    cpus = ray.cluster_resources().get("CPU", 1)
     with task_shuffle():
-        log.info("mining: quarantine started")
-        checked = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow").materialize()
-        if checked.count() == 0:  # nothing valid: the shuffle would have no schema to work with
+        with _stage("validate", seconds):
+            checked = interactions.map_batches(_quarantine, fn_args=(quarantine,), batch_format="pyarrow").materialize()
+            n_rows = checked.count()
+        if n_rows == 0:  # nothing valid: the shuffle would have no schema to work with
             return mine_local(INTERACTIONS.empty_table(), params)
         # A dataset keeps the DataContext it was created under (and so do the datasets derived
         # from it): the caller made ``interactions``, so the shuffle settings only reach the
         # groupbys through a dataset created here, over the same (lineage-backed) blocks.
         good = ray.data.from_arrow_refs(checked.to_arrow_refs())
-        log.info("mining: sessionize started (%d valid rows, %d buckets)", good.count(), n_buckets)
-        bucketed = good.map_batches(_with_bucket, fn_args=(n_buckets,), batch_format="pyarrow")
-        sessions = bucketed.groupby("bucket", num_partitions=n_buckets).map_groups(
-            _sessionize_bucket, fn_args=(params.gap_s, params.no_match_states), batch_format="pyarrow"
-        ).materialize()
-        log.info("mining: counts started")
-        partial = sessions.map_batches(session_counts, batch_format="pyarrow", batch_size=None)
-        summed = _collect(partial.groupby(["kind", "key1", "key2"]).sum(["count", "defects"]))
-    counts = reduce_counts(
-        [t.select(["kind", "key1", "key2", "sum(count)", "sum(defects)"]).rename_columns(COUNTS.names).cast(COUNTS)
-         for t in summed] or [COUNTS.empty_table()]
-    )
-    model = build_model(counts)
+        buckets = n_buckets or shuffle_partitions(n_rows, cpus)
+        with _stage("sessionize", seconds):
+            log.info("mining: %d valid rows, %d buckets, %g cluster CPUs", n_rows, buckets, cpus)
+            bucketed = good.map_batches(_with_bucket, fn_args=(buckets,), batch_format="pyarrow")
+            sessions = bucketed.groupby("bucket", num_partitions=buckets).map_groups(
+                _sessionize_bucket, fn_args=(params.gap_s, params.no_match_states), batch_format="pyarrow"
+            ).materialize()
+    with _stage("count", seconds):
+        counts = _counts(sessions, buckets)
+    with _stage("chain build", seconds):
+        model = build_model(counts)
     n = model.chain.n_states
     results = SOURCE_RESULTS.empty_table()
-    if n:
-        log.info("mining: source solves started (%d states)", n)
-        chain_ref = ray.put((model.chain.Q, model.chain.R))  # once in the object store
-        sources = ray.data.range(n, override_num_blocks=max(1, -(-n // source_batch)))
-        solved = sources.map_batches(
-            _SourceSolver, fn_constructor_args=([chain_ref], params.depth, params.epsilon, params.top_k),
-            batch_size=source_batch, batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=n_solvers),
+    with _stage("source solves", seconds):
+        if n:
+            log.info("mining: %d states", n)
+            chain_ref = ray.put((model.chain.Q, model.chain.R))  # once in the object store
+            sources = ray.data.range(n, override_num_blocks=max(1, -(-n // source_batch)))
+            solved = sources.map_batches(
+                _SourceSolver, fn_constructor_args=([chain_ref], params.depth, params.epsilon, params.top_k),
+                batch_size=source_batch, batch_format="numpy",
+                compute=ActorPoolStrategy(min_size=1, max_size=n_solvers or max(1, math.ceil(cpus))),
+            )
+            parts = _collect(solved)
+            if parts:
+                results = pa.concat_tables(parts).cast(SOURCE_RESULTS)
+                results = results.take(pc.sort_indices(results, sort_keys=[("source", "ascending"),
+                                                                           ("target", "ascending")]))
+    with _stage("eq20", seconds):
+        candidates = candidate_rewrites(model, results)
+    with _stage("evidence", seconds):
+        log.info("mining: %d candidates", candidates.num_rows)
+        cand_ref = ray.put(candidates.select(["utterance", "rewrite"]))
+        evidence = reduce_evidence(
+            _collect(sessions.map_batches(_evidence, fn_args=([cand_ref],), batch_format="pyarrow", batch_size=None))
+            or [EVIDENCE.empty_table()]
         )
-        parts = _collect(solved)
-        if parts:
-            results = pa.concat_tables(parts).cast(SOURCE_RESULTS)
-            results = results.take(pc.sort_indices(results, sort_keys=[("source", "ascending"), ("target", "ascending")]))
-    candidates = candidate_rewrites(model, results)
-    cand_ref = ray.put(candidates.select(["utterance", "rewrite"]))
-    log.info("mining: evidence started (%d candidates)", candidates.num_rows)
-    evidence = reduce_evidence(
-        _collect(sessions.map_batches(_evidence, fn_args=([cand_ref],), batch_format="pyarrow", batch_size=None))
-        or [EVIDENCE.empty_table()]
-    )
-    table, removed, rejected = finalize(candidates, evidence, params)
+    with _stage("filters", seconds):
+        log.info("mining: %d evidence rows (pair, customer) on the driver", evidence.num_rows)
+        table, removed, rejected = finalize(candidates, evidence, params)
     return Mined(stats_of(counts), model, results, candidates, table, removed, rejected)
