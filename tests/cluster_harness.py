@@ -46,6 +46,10 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+class NodeExited(RuntimeError):
+    """A node's ``ray start`` exited before the node joined the cluster."""
+
+
 class Node:
     """One ``ray start --block`` process: the head (``gcs`` None) or a worker joining ``gcs``."""
 
@@ -132,11 +136,22 @@ class Cluster:
     def nodes(self) -> list[Node]:
         return [self.head, *self.workers]
 
-    def add_worker(self) -> Node:
-        node = Node(self.env, num_cpus=self.cpus, gcs=self.head.gcs)
-        self.workers.append(node)
-        self.wait_for_nodes(len(self.workers) + 1)
-        return node
+    def add_worker(self, attempts: int = 3) -> Node:
+        """Start a worker node and wait until it has joined. A ``ray start`` that exits
+        before joining (on a loaded machine its raylet can time out registering with the
+        GCS) is replaced by a fresh node, as an autoscaler replaces a node that failed to
+        come up."""
+        for attempt in range(attempts):
+            node = Node(self.env, num_cpus=self.cpus, gcs=self.head.gcs)
+            self.workers.append(node)
+            try:
+                self.wait_for_nodes(len(self.workers) + 1, starting=node)
+                return node
+            except NodeExited:
+                self.workers.remove(node)
+                node.stop()
+                if attempt == attempts - 1:
+                    raise
 
     def auth_header(self) -> dict[str, str]:
         token = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=self.env,
@@ -199,11 +214,15 @@ class Cluster:
             return 0
         return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
-    def wait_for_nodes(self, n: int, timeout: float = 120.0) -> None:
+    def wait_for_nodes(self, n: int, timeout: float = 120.0, starting: Node | None = None) -> None:
+        """Wait until ``n`` nodes are alive; NodeExited when the ``starting`` node's
+        ``ray start`` exits first."""
         deadline = time.monotonic() + timeout
         while self.alive_nodes() < n:
             if self.head.proc.poll() is not None:
                 raise RuntimeError(f"the head exited with {self.head.proc.returncode}:\n{self.head.output()}")
+            if starting is not None and starting.proc.poll() is not None:
+                raise NodeExited(f"ray start exited with {starting.proc.returncode}:\n{starting.output()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {n} nodes alive:\n" + "\n".join(w.output() for w in self.workers))
             time.sleep(1.0)
