@@ -128,9 +128,13 @@ class Cluster:
         self.head = Node(self.env, num_cpus=0)
         self.workers: list[Node] = []
         self.cpus = cpus
-        self.wait_ready()
-        for _ in range(workers):
-            self.add_worker()
+        try:
+            self.wait_ready()
+            for _ in range(workers):
+                self.add_worker()
+        except BaseException:
+            self.stop()  # a cluster that failed to come up leaves no node behind
+            raise
 
     @property
     def nodes(self) -> list[Node]:
