@@ -13,7 +13,7 @@ import pytest
 from raylib import uri
 from raylib.rewrite.mining import REWRITES, MiningParams, mine_local
 from raylib.rewrite.filters import FilterParams
-from raylib.rewrite.online import LOSS, WIN, in_holdout, online_ab, online_win_loss
+from raylib.rewrite.online import LOSS, WIN, SaidTurns, in_holdout, online_ab, online_win_loss
 from raylib.rewrite.publish import SELF_PARTITION, load_blacklist, merge_today, publish_rewrites, withdraw_blacklisted
 from raylib.rewrite.sessions import sessionize
 from raylib.schema import INTERACTIONS
@@ -136,7 +136,7 @@ def test_intent_changing_rewrite_is_caught_online_and_blacklisted(world, tmp_pat
     x, y, asr = popular_pair(world)
     served = {x: y, asr: x}  # x -> y changes the entity the user wanted; asr -> x fixes an ASR error
     simulate(str(tmp_path / "r1"), "small", 0, SMALL, traffic_seed=7, period=1, rewrites=served, holdout_share=0.2)
-    ab = online_ab(uri.read_table(str(tmp_path / "r1"), "interactions"), served, 0.2)
+    ab = online_ab(SaidTurns.of(uri.read_table(str(tmp_path / "r1"), "interactions"), 0.2), served)
     verdict = dict(zip(ab["utterance"].to_pylist(), ab["verdict"].to_pylist()))
     assert verdict == {x: LOSS, asr: WIN}
     assert online_win_loss(ab) == {"online_tested": 2, "online_wins": 1, "online_losses": 1, "online_win_loss": 1.0}

@@ -45,7 +45,7 @@ from raylib.loop.service import Service, route_bodies
 from raylib.loop.settings import LoopSettings
 from raylib.loop.stages import Stages
 from raylib.rewrite.evaluate import defect_rates, intended_turns
-from raylib.rewrite.online import arm_defect_rates, losers, online_ab, online_win_loss
+from raylib.rewrite.online import SaidTurns, arm_defect_rates, losers, online_ab, online_win_loss
 from raylib.rewrite.publish import BLACKLISTED, withdraw_blacklisted
 from raylib.routing.assess import logging_true_value, true_value
 from raylib.routing.data import prepare
@@ -136,21 +136,22 @@ class Rounds:
         return directory
 
     def served_table(self, svc: Service) -> dict[str, str]:
-        """The served rewrites of every utterance the world can say, by POST /v1/rewrite."""
+        """The served rewrites of every utterance the world can say, by POST /v1/rewrite: the
+        table the round's traffic is simulated with and its replay is measured with."""
         vocab = [normalize_utterance(u) for u in self.world.catalog.vocab]
         return {u: r for u, r in zip(vocab, svc.rewrite(vocab)) if r is not None and r != u}
 
     def online(self, rnd: int, traffic: str, served: dict[str, str], rewrites_version: str | None) -> dict:
         """The round's online A/B and blacklist (module docstring); the A/B per rewrite is
         written as OUT/rounds/round-<rnd>/online_ab."""
-        interactions = uri.read_table(traffic, "interactions")
-        ab = online_ab(interactions, served, self.s.holdout_share)
+        turns = SaidTurns.of(uri.read_table(traffic, "interactions"), self.s.holdout_share)
+        ab = online_ab(turns, served)
         uri.write_table(ab, self.path("rounds", f"round-{rnd}"), "online_ab")
         lost = losers(ab)
         withdrawal = withdraw_blacklisted(self.store, lost, rnd)
         stale = (self.store.load("rewrites", rewrites_version).metadata.get("withdrawn_by_reason", {})
                  if rewrites_version else {})
-        return {**arm_defect_rates(interactions, list(served), self.s.holdout_share), **online_win_loss(ab),
+        return {**arm_defect_rates(turns, list(served)), **online_win_loss(ab),
                 "blacklisted": lost.num_rows, "withdrawn_blacklisted": withdrawal["withdrawn"],
                 "rewrites_after_blacklist": withdrawal["rewrites_version"],
                 "withdrawn_stale": sum(v for k, v in stale.items() if k != BLACKLISTED),
@@ -186,7 +187,7 @@ class Rounds:
             svc = self.serving(rewrites_version, policy_version)
             served = self.served_table(svc)
             traffic = self.traffic(rnd, served, rewrites_version)
-            rates = self.request_defect_rates(traffic, svc.rewrite)
+            rates = self.request_defect_rates(traffic, lambda said: [served.get(u) for u in said])
             return {"round": rnd, **rates, **self.online(rnd, traffic, served, rewrites_version),
                     **self.route(svc, rnd, policy_version),
                     "true_reward": self.true_reward(policy_version), "rewrites_version": rewrites_version}

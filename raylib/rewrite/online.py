@@ -26,6 +26,7 @@ Pure functions over interaction tables (``raylib.schema.INTERACTIONS``).
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -34,8 +35,7 @@ import pyarrow.compute as pc
 
 from raylib.errors import UserError
 from raylib.rewrite.filters import two_proportion_z_test
-from raylib.rewrite.sessions import is_interjection
-from raylib.schema import normalize_utterance
+from raylib.rewrite.sessions import is_interjection, normalized_utterances
 
 DEFAULT_HOLDOUT_SHARE = 0.1
 WIN, LOSS, NEUTRAL = "win", "loss", "neutral"
@@ -61,20 +61,28 @@ def in_holdout(customer_ids: Sequence[str], share: float) -> np.ndarray:
     return h / 2.0**32 < share
 
 
-def _said_turns(interactions: pa.Table, holdout_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(normalized said utterance, defect, in holdout) of every non-interjection turn."""
-    keep = ~is_interjection(interactions.column("intent"))
-    turns = interactions.filter(pa.array(keep))
-    said = np.array([normalize_utterance(u) for u in turns.column("utterance").to_pylist()], dtype=object)
-    defect = turns.column("defect").to_numpy(zero_copy_only=False).astype(bool)
-    return said, defect, in_holdout(turns.column("customer_id").to_pylist(), holdout_share)
+@dataclass(frozen=True)
+class SaidTurns:
+    """A round's non-interjection turns as the A/B reads them: the normalized utterance
+    said, whether the turn was defective, whether its customer is in the holdout."""
+
+    said: np.ndarray
+    defect: np.ndarray
+    holdout: np.ndarray
+
+    @classmethod
+    def of(cls, interactions: pa.Table, holdout_share: float) -> "SaidTurns":
+        turns = interactions.filter(pa.array(~is_interjection(interactions.column("intent"))))
+        said = normalized_utterances(turns.column("utterance")).to_numpy(zero_copy_only=False)
+        return cls(np.asarray(said, dtype=object), turns.column("defect").to_numpy(zero_copy_only=False).astype(bool),
+                   in_holdout(turns.column("customer_id").to_pylist(), holdout_share))
 
 
-def online_ab(interactions: pa.Table, served: dict[str, str], holdout_share: float, alpha: float = 0.01) -> pa.Table:
+def online_ab(turns: SaidTurns, served: dict[str, str], alpha: float = 0.01) -> pa.Table:
     """Per served rewrite (``served``: normalized source -> target), its arms' turns and
-    defects on ``interactions``, the Z-test and its verdict (module docstring); ``AB``
-    rows sorted by utterance, a rewrite whose source nobody said included with zeros."""
-    said, defect, hold = _said_turns(interactions, holdout_share)
+    defects among ``turns``, the Z-test and its verdict (module docstring); ``AB`` rows
+    sorted by utterance, a rewrite whose source nobody said included with zeros."""
+    said, defect, hold = turns.said, turns.defect, turns.holdout
     sources = sorted(served)
     pos = {u: i for i, u in enumerate(sources)}
     idx = np.array([pos.get(u, -1) for u in said], dtype=np.int64)
@@ -99,11 +107,11 @@ def online_win_loss(ab: pa.Table) -> dict:
             "online_win_loss": wins / max(losses, 1)}
 
 
-def arm_defect_rates(interactions: pa.Table, sources: Sequence[str], holdout_share: float) -> dict:
-    """Observed defect rate of each arm over all non-interjection turns and over the turns
-    whose said utterance is one of ``sources`` (the served rewrites' sources), with the
-    relative reduction 1 - treatment / holdout; a rate over no turns is None."""
-    said, defect, hold = _said_turns(interactions, holdout_share)
+def arm_defect_rates(turns: SaidTurns, sources: Sequence[str]) -> dict:
+    """Observed defect rate of each arm over all of ``turns`` and over the turns whose said
+    utterance is one of ``sources`` (the served rewrites' sources), with the relative
+    reduction 1 - treatment / holdout; a rate over no turns is None."""
+    said, defect, hold = turns.said, turns.defect, turns.holdout
     rewritable = np.isin(said, np.asarray(list(sources), dtype=object)) if len(sources) else np.zeros(len(said), bool)
 
     def rate(mask: np.ndarray) -> float | None:

@@ -123,7 +123,7 @@ def is_interjection(intents: pa.Array | pa.ChunkedArray, names=INTERJECTION_INTE
     )
 
 
-def _normalized(utterances: pa.ChunkedArray) -> pa.Array:
+def normalized_utterances(utterances: pa.ChunkedArray) -> pa.Array:
     """``raylib.schema.normalize_utterance`` vectorized: lower-case, whitespace collapsed."""
     text = pc.utf8_lower(utterances)
     text = pc.replace_substring_regex(text, pattern=r"\s+", replacement=" ")
@@ -209,7 +209,7 @@ def sessionize(
 
     kept = t.filter(pa.array(keep))
     offsets = pa.array(offsets)
-    utterances = _normalized(kept.column("utterance")).combine_chunks()
+    utterances = normalized_utterances(kept.column("utterance")).combine_chunks()
     states = turn_states(kept, utterances, no_match_states)
     first = t.take(pa.array(np.flatnonzero(new)))
     session_id = pc.binary_join_element_wise(
