@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from raylib.graph.affinity import in_graph, oracle_link, pair_affinity, recovery, rowwise_spearman, within_customer_spearman
+from raylib.graph.affinity import (in_graph, oracle_link, pair_affinity, recovery, rowwise_spearman,
+                                   within_customer_spearman, world_index)
 from raylib.sim import World
 
 
@@ -46,14 +47,16 @@ def test_in_graph_counts_pairs_uses_and_defect_rates():
 
 def test_the_truth_recovers_itself_on_a_simulated_world():
     world = World.from_preset("small", seed=1, overrides={"population": {"n_customers": 50}})
-    customer_ids, skill_ids = np.array(world.population.ids[:10]), np.array(world.catalog.skill_ids[:40] + ["system"])
+    customer_index = world_index(world.population.ids, world.population.ids[:10])
+    skill_index = world_index(world.catalog.skill_ids, world.catalog.skill_ids[:40] + ["system"])
+    assert skill_index[-1] == -1 and (customer_index == np.arange(10)).all()  # the system skill: not in the world
     customers = np.arange(10)
     candidates = np.stack([np.random.default_rng(c).choice(40, 8, replace=False) for c in customers])
     pos_skill, neg_skill = candidates[:, 0], candidates[:, 1:]
-    aff_pos = pair_affinity(world, customer_ids, skill_ids, customers, pos_skill)
-    aff_neg = pair_affinity(world, customer_ids, skill_ids, np.repeat(customers[:, None], 7, 1), neg_skill)
+    aff_pos = pair_affinity(world, customer_index, skill_index, customers, pos_skill)
+    aff_neg = pair_affinity(world, customer_index, skill_index, np.repeat(customers[:, None], 7, 1), neg_skill)
     assert np.allclose(aff_pos, world.population.affinity(customers, pos_skill, world.catalog))
-    assert np.isnan(pair_affinity(world, customer_ids, skill_ids, customers[:1], np.array([40]))).all()  # system
+    assert np.isnan(pair_affinity(world, customer_index, skill_index, customers[:1], np.array([40]))).all()  # system
     assert recovery(aff_pos, aff_neg, aff_pos, aff_neg) == pytest.approx(1.0)
     assert recovery(-aff_pos, -aff_neg, aff_pos, aff_neg) == pytest.approx(-1.0)
     links = oracle_link(aff_pos, aff_neg, np.zeros(10), np.zeros((10, 7)), np.ones(10, bool))

@@ -33,19 +33,21 @@ from raylib.graph.linkpred import ranking_metrics
 MIN_PAIRS_PER_CUSTOMER = 3  # a within-customer correlation needs at least three pairs
 
 
-def pair_affinity(world, customer_ids, skill_ids, customers: np.ndarray, skills: np.ndarray) -> np.ndarray:
-    """``a(c, s)`` for graph node indices ``customers`` / ``skills`` (arrays of one shape)
-    whose ids are ``customer_ids`` / ``skill_ids``; NaN where the simulator has no affinity
-    (the system skill, an id the world does not know)."""
-    pop, cat = world.population, world.catalog
-    c_index = {cid: i for i, cid in enumerate(pop.ids)}
-    s_index = {sid: i for i, sid in enumerate(cat.skill_ids)}
-    c_of = np.array([c_index.get(cid, -1) for cid in customer_ids])
-    s_of = np.array([s_index.get(sid, -1) for sid in skill_ids])
-    c, s = c_of[customers.ravel()], s_of[skills.ravel()]
+def world_index(world_ids, graph_ids) -> np.ndarray:
+    """The world's index of each of ``graph_ids`` among ``world_ids`` (-1: not in the world)."""
+    index = {x: i for i, x in enumerate(world_ids)}
+    return np.array([index.get(x, -1) for x in graph_ids], dtype=np.int64)
+
+
+def pair_affinity(world, customer_index: np.ndarray, skill_index: np.ndarray, customers: np.ndarray,
+                  skills: np.ndarray) -> np.ndarray:
+    """``a(c, s)`` for graph node indices ``customers`` / ``skills`` (arrays of one shape),
+    mapped to the world by ``customer_index`` / ``skill_index`` (``world_index``); NaN
+    where the simulator has no affinity (the system skill, an id the world does not know)."""
+    c, s = customer_index[customers.ravel()], skill_index[skills.ravel()]
     known = (c >= 0) & (s >= 0)
     out = np.full(c.shape, np.nan)
-    out[known] = pop.affinity(c[known], s[known], cat)
+    out[known] = world.population.affinity(c[known], s[known], world.catalog)
     return out.reshape(customers.shape)
 
 
@@ -117,15 +119,16 @@ def affinity_report(world, graph, data, test, scores: dict[str, tuple[np.ndarray
     """The three measures for a trained run: ``graph`` (``CustomerSkillGraph``) and ``data``
     (``GraphData``) of the run, its link ``test`` set (``LinkTestSet``) and each model's
     ``(positive, negative)`` link scores on it."""
+    customer_index = world_index(world.population.ids, graph.customer_ids)
+    skill_index = world_index(world.catalog.skill_ids, graph.skill_ids)
+
     def affinity_of(customers, skills):
-        return pair_affinity(world, graph.customer_ids, graph.skill_ids, customers, skills)
+        return pair_affinity(world, customer_index, skill_index, customers, skills)
 
     customer = data.edge_customer[test.edges]
     aff_pos = affinity_of(customer, data.edge_skill[test.edges])
     aff_neg = affinity_of(np.repeat(customer[:, None], test.negatives.shape[1], 1), test.negatives)
-    s_index = {sid: i for i, sid in enumerate(world.catalog.skill_ids)}
-    log_pop = np.array([np.log(world.catalog.skill_popularity[s_index[s]]) if s in s_index else np.nan
-                        for s in graph.skill_ids])
+    log_pop = np.where(skill_index >= 0, np.log(world.catalog.skill_popularity[np.maximum(skill_index, 0)]), np.nan)
     return {
         "in_graph": in_graph(graph.edge_customer, graph.edge_skill, graph.edge_defect, affinity_of, graph.num_skills),
         "oracle_link": oracle_link(aff_pos, aff_neg, log_pop[data.edge_skill[test.edges]], log_pop[test.negatives],

@@ -87,11 +87,12 @@ def rewrite_ids(world: World, rewrites: dict[str, str] | None) -> np.ndarray | N
     index = {normalize_utterance(u): i for i, u in enumerate(world.catalog.vocab)}
     out = np.full(len(index), -1, dtype=np.int64)
     for source, target in rewrites.items():
-        if normalize_utterance(source) not in index:
+        said, sent = normalize_utterance(source), normalize_utterance(target)
+        if said not in index:
             continue
-        if normalize_utterance(target) not in index:
+        if sent not in index:
             raise UserError(f"served rewrite {source!r} -> {target!r}: the target is no utterance of this world")
-        out[index[normalize_utterance(source)]] = index[normalize_utterance(target)]
+        out[index[said]] = index[sent]
     return out
 
 
