@@ -11,7 +11,7 @@ average around our run is recorded):
 
 - ``ray``: ``raylib.rewrite.distributed.mine_ray`` over ``read_parquet`` of the world's
   interactions on a local Ray runtime of ``--cpus`` CPUs: wall time per stage (the
-  ``stage_seconds`` it fills), the driver's peak RSS (VmHWM), and the object store's peak
+  ``stage_seconds`` it fills), the driver's peak RSS (VmHWM, and per stage, sampled), and the object store's peak
   and spilled MiB (sampled every second from Ray's memory summary).
 - ``duckdb``: the same Parquet files sessionized by window functions with ``--cpus``
   threads (``SESSIONS_SQL``, the rules of ``raylib.rewrite.sessions``), counting
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
@@ -93,6 +94,32 @@ def interactions(world: str) -> list[str]:
     return sorted(glob.glob(os.path.join(world, "interactions", "**", "*.parquet"), recursive=True))
 
 
+def rss_mib() -> float:
+    """This process's resident set size now (VmRSS) in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class DriverMemorySampler(threading.Thread, logging.Handler):
+    """The driver's peak RSS per mining stage: the stage is the last one the mining logged as
+    started ("mining: <stage> started"), the RSS is sampled every ``every_s``."""
+
+    def __init__(self, every_s: float = 0.05):
+        threading.Thread.__init__(self, daemon=True)
+        logging.Handler.__init__(self, logging.INFO)
+        self.every_s, self.stage, self.peak_mib = every_s, "start", {}
+        self.stopped = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        started = re.fullmatch(r"mining: (.+) started", record.getMessage())
+        if started:
+            self.stage = started.group(1)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.peak_mib[self.stage] = max(self.peak_mib.get(self.stage, 0.0), rss_mib())
+
+
 class ObjectStoreSampler(threading.Thread):
     """Polls Ray's memory summary: peak plasma usage and spilled MiB."""
 
@@ -140,15 +167,23 @@ def run_ray(world: str, cpus: int, counts_out: str) -> dict:
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
     sampler = ObjectStoreSampler(ray.get_runtime_context().gcs_address)
     sampler.start()
+    driver = DriverMemorySampler()
+    mining_log = logging.getLogger("raylib.rewrite.distributed")
+    mining_log.setLevel(logging.INFO)
+    mining_log.addHandler(driver)
+    driver.start()
     stages: dict = {}
     t = time.perf_counter()
     mined = mine_ray(ray.data.read_parquet(interactions(world)), stage_seconds=stages)
     total = time.perf_counter() - t
+    mining_peak = peak_rss_mib()  # before this benchmark reads the counts back as strings
     sampler.stopped.set()
+    driver.stopped.set()
     sampler.sample()
     pq.write_table(chain_counts(mined), counts_out)
     stats = mined.stage_counts()
-    return {"seconds": total, "stage_seconds": stages, "driver_peak_rss_mib": peak_rss_mib(),
+    return {"seconds": total, "stage_seconds": stages, "driver_peak_rss_mib": mining_peak,
+            "driver_peak_rss_mib_by_stage": driver.peak_mib,
             "object_store_peak_mib": sampler.peak_mib, "object_store_spilled_mib": sampler.spilled_mib,
             "object_store_capacity_mib": ray.cluster_resources()["object_store_memory"] / 2**20,
             **{k: stats[k] for k in ("n_turns", "n_sessions", "n_interpretations", "n_transitions",

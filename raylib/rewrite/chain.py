@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from raylib.rewrite.counts import FAILURE_STATE, SUCCESS_STATE
+from raylib.rewrite.codes import SUCCESS_CODE, Dictionary, as_objects, code_counts
 
 
 @dataclass(frozen=True)
@@ -43,24 +42,14 @@ class Chain:
         return len(self.states)
 
 
-def build_chain(transitions: pa.Table) -> Chain:
-    """Eq. 6-10 from ``transition`` counts (key1 = h_i, key2 = next state, count)."""
-    src = np.asarray(transitions.column("key1").to_pylist(), dtype=object)
-    dst = np.asarray(transitions.column("key2").to_pylist(), dtype=object)
-    counts = transitions.column("count").to_numpy().astype(np.float64)
-    states = np.unique(src) if len(src) else np.array([], dtype=object)
+def build_chain(states: np.ndarray, transition: np.ndarray) -> Chain:
+    """Eq. 6-10 over the sorted ``states`` from coded transition counts ``[n, 3]`` (h_i, next
+    state or ``SUCCESS_CODE`` / ``FAILURE_CODE``, c(h_i, v); ``raylib.rewrite.codes``)."""
     n = len(states)
-    i = np.searchsorted(states, src)
-    absorbing = (dst == SUCCESS_STATE) | (dst == FAILURE_STATE)
-    if not absorbing.all():
-        j_all = np.searchsorted(states, dst[~absorbing])
-        j_all = np.minimum(j_all, max(n - 1, 0))
-        if not (states[j_all] == dst[~absorbing]).all():
-            raise ValueError("a transition leads to a state that never starts a transition")
-    else:
-        j_all = np.zeros(0, dtype=np.int64)
-    C = sp.csr_matrix((counts[~absorbing], (i[~absorbing], j_all)), shape=(n, n))
-    col = np.where(dst[absorbing] == SUCCESS_STATE, 0, 1)
+    i, j, counts = transition[:, 0], transition[:, 1], transition[:, 2].astype(np.float64)
+    absorbing = j < 0
+    C = sp.csr_matrix((counts[~absorbing], (i[~absorbing], j[~absorbing])), shape=(n, n))
+    col = np.where(j[absorbing] == SUCCESS_CODE, 0, 1)
     A = sp.csr_matrix((counts[absorbing], (i[absorbing], col)), shape=(n, 2))
     Z = np.asarray(C.sum(axis=1)).ravel() + np.asarray(A.sum(axis=1)).ravel()  # Eq. 6
     inv = sp.diags(np.divide(1.0, Z, out=np.zeros_like(Z), where=Z > 0))
@@ -71,8 +60,9 @@ def build_chain(transitions: pa.Table) -> Chain:
 
 
 def chain_from_counts(counts: pa.Table) -> Chain:
-    """``build_chain`` on the ``transition`` rows of a COUNTS table."""
-    return build_chain(counts.filter(pc.equal(counts.column("kind"), "transition")))
+    """``build_chain`` from the ``transition`` rows of a COUNTS table."""
+    dictionary = Dictionary.of(counts)
+    return build_chain(as_objects(dictionary.states), code_counts(counts, dictionary).transition)
 
 
 class ExactSolver:

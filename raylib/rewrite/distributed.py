@@ -8,18 +8,22 @@
    it follows the data (a bucket stays near ``ROWS_PER_BUCKET`` rows, so one fits a
    worker's memory at any size) and the cluster (at least ``BUCKETS_PER_CPU`` per CPU, so
    every CPU has work).
-3. Counts by a hash-partitioned reduce of plain tasks: one task per block of sessions
-   computes its partial counts (``session_counts``) and splits them into B parts by
-   crc32(key1, key2) (``split_by_key``); one task per part sums its pieces
-   (``reduce_counts``). Only the B summed parts reach the driver. (Measured at 10^6
+3. Counts by a hash-partitioned reduce of plain tasks (``hash_reduce``): one task per block
+   of sessions computes its partial counts (``session_counts``) and splits them into B parts
+   by crc32(key1, key2) (``split_by_key``); one task per part sums its pieces
+   (``reduce_counts``). One task makes the ``Dictionary`` of states and utterances from the
+   parts, and one per part codes it (``raylib.rewrite.codes``): only integer triplets and
+   the dictionary reach the driver. (Measured at 10^6
    interactions on 2 busy CPUs: Ray Data's ``groupby(kind, key1, key2).sum``, a sort
    shuffle on three strings, took 71 s; this reduce 18 s in the next run under similar
    load, 1.4 s on quiet CPUs; ``benchmarks/README.md``, "Scale".)
 4. Q and R (CSR) go once into the object store (``ray.put``); a dataset of source states
    is processed by ``map_batches`` on an actor pool (up to one actor per cluster CPU),
    each batch doing BFS + sub-chain solves (``approximate_sources``) for its sources.
-5. Eq. 20 on the driver (sparse products), direct evidence by ``map_batches`` over the
-   sessions, filters (``finalize``).
+5. Eq. 20 on the driver (sparse products); direct evidence by the same hash-partitioned
+   reduce over the sessions, keyed by the candidate pair, so only one row per candidate pair
+   (its sessions and distinct customers, ``evidence_per_pair``) reaches the driver; filters
+   (``finalize``).
 
 Every partial result is summed or sorted by key, so the table equals ``mine_local``'s.
 
@@ -56,9 +60,10 @@ from ray.data import ActorPoolStrategy, DataContext
 from ray.data.context import ShuffleStrategy
 
 from raylib.rewrite.approx import SOURCE_RESULTS, approximate_sources
-from raylib.rewrite.counts import COUNTS, reduce_counts, session_counts, stats_of
-from raylib.rewrite.evidence import EVIDENCE, pair_evidence, reduce_evidence
-from raylib.rewrite.mining import Mined, MiningParams, build_model, candidate_rewrites, finalize, mine_local
+from raylib.rewrite.codes import Codes, Dictionary, code_counts
+from raylib.rewrite.counts import reduce_counts, session_counts
+from raylib.rewrite.evidence import PER_PAIR, evidence_per_pair, pair_evidence
+from raylib.rewrite.mining import Mined, MiningParams, candidate_rewrites, finalize, mine_local, model_of
 from raylib.rewrite.sessions import sessionize
 from raylib.schema import INTERACTIONS
 from raylib.validate import quarantine, validate
@@ -147,41 +152,56 @@ class _SourceSolver:
         return approximate_sources(self.Q, self.R, batch["id"], self.depth, self.epsilon, self.top_k)
 
 
-def split_by_key(counts: pa.Table, n_parts: int) -> list[pa.Table]:
-    """``counts`` (``COUNTS``) cut into ``n_parts`` tables by crc32(key1, key2) mod
+def split_by_key(table: pa.Table, n_parts: int, keys: tuple[str, str] = ("key1", "key2")) -> list[pa.Table]:
+    """``table`` cut into ``n_parts`` tables by crc32 of its two ``keys`` columns mod
     ``n_parts``: a key always lands in the same part, whichever block it came from."""
-    part = bucket_of(counts.column("key1"), counts.column("key2"), n_parts)
+    part = bucket_of(table.column(keys[0]), table.column(keys[1]), n_parts)
     order = np.argsort(part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
-    ordered = counts.take(pa.array(order))
+    ordered = table.take(pa.array(order))
     return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n_parts)]
 
 
 @ray.remote
-def _block_counts(sessions: pa.Table, n_parts: int):
-    parts = split_by_key(session_counts(sessions), n_parts)
+def _map_split(block: pa.Table, n_parts: int, keys: tuple[str, str], fn, *args):
+    parts = split_by_key(fn(block, *args), n_parts, keys)
     return parts if n_parts > 1 else parts[0]
 
 
 @ray.remote
-def _reduce_part(*parts: pa.Table) -> pa.Table:
-    return reduce_counts(list(parts))
+def _reduce(fn, *parts: pa.Table) -> pa.Table:
+    return fn(list(parts))
 
 
-def _counts(sessions, n_parts: int) -> pa.Table:
-    """Summed ``COUNTS`` of a dataset of sessions (module docstring, step 3)."""
-    split = [_block_counts.options(num_returns=n_parts).remote(block, n_parts) for block in sessions.to_arrow_refs()]
+def hash_reduce(blocks: list, n_parts: int, keys: tuple[str, str], fn, reduce_fn, *args) -> list:
+    """A hash-partitioned reduce of plain tasks: per block, ``fn(block, *args)`` cut by
+    ``split_by_key`` on ``keys``; per part, ``reduce_fn`` of its pieces from every block.
+    Returns the parts' refs (left in the object store); every key's rows meet in one part."""
+    split = [_map_split.options(num_returns=n_parts).remote(block, n_parts, keys, fn, *args) for block in blocks]
     split = [s if n_parts > 1 else [s] for s in split]
-    reduced = ray.get([_reduce_part.remote(*(s[j] for s in split)) for j in range(n_parts)])
-    return reduce_counts([t for t in reduced if t.num_rows] or [COUNTS.empty_table()])
+    return [_reduce.remote(reduce_fn, *(s[j] for s in split)) for j in range(n_parts)]
+
+
+@ray.remote
+def _dictionary(*parts: pa.Table) -> Dictionary:
+    return Dictionary.of(pa.concat_tables(parts))
+
+
+@ray.remote
+def _code_part(part: pa.Table, dictionary: Dictionary) -> Codes:
+    return code_counts(part, dictionary)
+
+
+def _counts(sessions, n_parts: int) -> tuple[Dictionary, Codes]:
+    """The summed counts of a dataset of sessions, coded (module docstring, step 3)."""
+    reduced = hash_reduce(sessions.to_arrow_refs(), n_parts, ("key1", "key2"), session_counts, reduce_counts)
+    dictionary = _dictionary.remote(*reduced)
+    # A key lands in one part only, so the parts are already the sums and only need coding.
+    return ray.get(dictionary), Codes.concat(ray.get([_code_part.remote(part, dictionary) for part in reduced]))
 
 
 def _collect(ds) -> list[pa.Table]:
     return [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-
-
-def _evidence(batch: pa.Table, candidates_ref: list) -> pa.Table:
-    return pair_evidence(batch, ray.get(candidates_ref[0]))
 
 
 def mine_ray(
@@ -218,9 +238,9 @@ def mine_ray(
                 _sessionize_bucket, fn_args=(params.gap_s, params.no_match_states), batch_format="pyarrow"
             ).materialize()
     with _stage("count", seconds):
-        counts = _counts(sessions, buckets)
+        dictionary, codes = _counts(sessions, buckets)
     with _stage("chain build", seconds):
-        model = build_model(counts)
+        model = model_of(dictionary, codes)
     n = model.chain.n_states
     results = SOURCE_RESULTS.empty_table()
     with _stage("source solves", seconds):
@@ -243,11 +263,10 @@ def mine_ray(
     with _stage("evidence", seconds):
         log.info("mining: %d candidates", candidates.num_rows)
         cand_ref = ray.put(candidates.select(["utterance", "rewrite"]))
-        evidence = reduce_evidence(
-            _collect(sessions.map_batches(_evidence, fn_args=([cand_ref],), batch_format="pyarrow", batch_size=None))
-            or [EVIDENCE.empty_table()]
-        )
+        per_pair = [t for t in ray.get(hash_reduce(sessions.to_arrow_refs(), buckets, ("utterance", "rewrite"),
+                                                   pair_evidence, evidence_per_pair, cand_ref)) if t.num_rows]
+        per_pair = pa.concat_tables(per_pair) if per_pair else PER_PAIR.empty_table()
     with _stage("filters", seconds):
-        log.info("mining: %d evidence rows (pair, customer) on the driver", evidence.num_rows)
-        table, removed, rejected = finalize(candidates, evidence, params)
-    return Mined(stats_of(counts), model, results, candidates, table, removed, rejected)
+        log.info("mining: %d candidate pairs with evidence on the driver", per_pair.num_rows)
+        table, removed, rejected = finalize(candidates, per_pair, params)
+    return Mined(codes.stats, model, results, candidates, table, removed, rejected)

@@ -5,7 +5,7 @@ u_s into u_t, possibly after other turns). Per candidate pair we count the suppo
 sessions and the DISTINCT customers behind them; the minimum-customers filter uses the
 latter so that a rewrite is served only when several customers reformulated that way,
 and never one customer's utterance alone. Counted per batch of whole sessions
-(``pair_evidence``) and summed (``reduce_evidence``), like ``counts``.
+(``pair_evidence``) and summed per pair (``evidence_per_pair``), like ``counts``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ EVIDENCE = pa.schema(
         pa.field("sessions", pa.int64(), nullable=False),
     ]
 )
+PER_PAIR = pa.schema([pa.field("utterance", pa.string(), nullable=False),
+                      pa.field("rewrite", pa.string(), nullable=False),
+                      pa.field("support", pa.int64(), nullable=False),
+                      pa.field("n_customers", pa.int64(), nullable=False)])
 
 
 def pair_evidence(sessions: pa.Table, candidates: pa.Table) -> pa.Table:
@@ -77,11 +81,13 @@ def reduce_evidence(partials: pa.Table | list[pa.Table]) -> pa.Table:
     return out.take(pc.sort_indices(out, sort_keys=[(k, "ascending") for k in keys]))
 
 
-def evidence_per_pair(evidence: pa.Table) -> pa.Table:
-    """(utterance, rewrite) -> support (sessions) and n_customers (distinct customers)."""
+def evidence_per_pair(partials: pa.Table | list[pa.Table]) -> pa.Table:
+    """(utterance, rewrite) -> support (sessions) and n_customers (distinct customers) of
+    partial evidence tables; exact as long as each pair's rows are all among ``partials``."""
+    evidence = reduce_evidence(partials)
     keys = ["utterance", "rewrite"]
     if evidence.num_rows == 0:
-        return pa.table({"utterance": pa.array([], pa.string()), "rewrite": pa.array([], pa.string()),
-                         "support": pa.array([], pa.int64()), "n_customers": pa.array([], pa.int64())})
+        return PER_PAIR.empty_table()
     out = evidence.group_by(keys).aggregate([("sessions", "sum"), ("customer_id", "count")])
-    return out.select(keys + ["sessions_sum", "customer_id_count"]).rename_columns(keys + ["support", "n_customers"])
+    out = out.select(keys + ["sessions_sum", "customer_id_count"]).rename_columns(PER_PAIR.names)
+    return out.cast(PER_PAIR)

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylib.rewrite.approx import DEFAULT_DEPTH, DEFAULT_EPSILON, DEFAULT_TOP_K, approximate_sources
-from raylib.rewrite.chain import Chain, chain_from_counts
-from raylib.rewrite.counts import of_kind, session_counts, stats_of
+from raylib.rewrite.chain import Chain, build_chain
+from raylib.rewrite.codes import Codes, Dictionary, as_objects, code_counts
+from raylib.rewrite.counts import session_counts
 from raylib.rewrite.evidence import evidence_per_pair, pair_evidence
 from raylib.rewrite.filters import FILTERS, FilterParams, apply_filters
 from raylib.rewrite.sessions import DEFAULT_GAP_S, SessionStats, sessionize
@@ -101,15 +102,20 @@ class Mined:
 
 
 def build_model(counts: pa.Table) -> Model:
-    """Chain (Eq. 6-10), space (Eq. 5) and per-utterance friction from reduced counts."""
-    chain = chain_from_counts(counts)
-    space = build_space(of_kind(counts, "pair"), chain.states)
-    utt = of_kind(counts, "utterance")
-    idx = space.utterance_index(utt.column("key1").to_pylist())
-    n = np.zeros(len(space.utterances), dtype=np.int64)
-    x = np.zeros(len(space.utterances), dtype=np.int64)
-    n[idx] = utt.column("count").to_numpy()
-    x[idx] = utt.column("defects").to_numpy()
+    """``model_of`` a COUNTS table, encoded against its own dictionary."""
+    dictionary = Dictionary.of(counts)
+    return model_of(dictionary, code_counts(counts, dictionary))
+
+
+def model_of(dictionary: Dictionary, codes: Codes) -> Model:
+    """Chain (Eq. 6-10), space (Eq. 5) and per-utterance friction from coded counts."""
+    states, utterances = as_objects(dictionary.states), as_objects(dictionary.utterances)
+    chain = build_chain(states, codes.transition)
+    space = build_space(utterances, states, codes.pair)
+    n = np.zeros(len(utterances), dtype=np.int64)
+    x = np.zeros(len(utterances), dtype=np.int64)
+    n[codes.utterance[:, 0]] = codes.utterance[:, 1]
+    x[codes.utterance[:, 0]] = codes.utterance[:, 2]
     return Model(chain, space, n, x)
 
 
@@ -133,9 +139,9 @@ def candidate_rewrites(model: Model, source_results: pa.Table) -> pa.Table:
     })
 
 
-def finalize(candidates: pa.Table, evidence: pa.Table, params: MiningParams) -> tuple[pa.Table, dict, pa.Table]:
-    """Join direct evidence onto the candidates, filter, and shape the rewrite table."""
-    per_pair = evidence_per_pair(evidence)
+def finalize(candidates: pa.Table, per_pair: pa.Table, params: MiningParams) -> tuple[pa.Table, dict, pa.Table]:
+    """Join direct evidence (``evidence_per_pair``) onto the candidates, filter, and shape
+    the rewrite table."""
     joined = candidates.join(per_pair, keys=["utterance", "rewrite"], join_type="left outer")
     joined = joined.set_column(joined.schema.get_field_index("n_customers"), "n_customers",
                                pc.fill_null(joined.column("n_customers"), 0).cast(pa.int64()))
@@ -159,14 +165,16 @@ def mine_local(interactions: pa.Table, params: MiningParams = MiningParams()) ->
     """The single-process path over validated ``interactions``."""
     sessions = sessionize(interactions, params.gap_s, no_match_states=params.no_match_states)
     counts = session_counts(sessions)
-    model = build_model(counts)
+    dictionary = Dictionary.of(counts)
+    codes = code_counts(counts, dictionary)
+    model = model_of(dictionary, codes)
     results = approximate_sources(model.chain.Q, model.chain.R, np.arange(model.chain.n_states),
                                   params.depth, params.epsilon, params.top_k)
     candidates = candidate_rewrites(model, results)
-    evidence = pair_evidence(sessions, candidates)
-    table, removed, rejected = finalize(candidates, evidence, params)
-    return Mined(stats_of(counts), model, results, candidates, table, removed, rejected)
+    per_pair = evidence_per_pair(pair_evidence(sessions, candidates))
+    table, removed, rejected = finalize(candidates, per_pair, params)
+    return Mined(codes.stats, model, results, candidates, table, removed, rejected)
 
 
-__all__ = ["MiningParams", "Model", "Mined", "REWRITES", "FILTERS", "build_model", "candidate_rewrites",
+__all__ = ["MiningParams", "Model", "Mined", "REWRITES", "FILTERS", "build_model", "model_of", "candidate_rewrites",
            "finalize", "mine_local"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import scipy.sparse as sp
 
 
@@ -41,17 +40,11 @@ def _lookup(sorted_values: np.ndarray, values) -> np.ndarray:
     return np.where(sorted_values[pos] == values, pos, -1).astype(np.int64)
 
 
-def build_space(pairs: pa.Table, interpretations: np.ndarray) -> InterpretationSpace:
-    """The space from ``pair`` counts (key1 = u, key2 = h, count) and the sorted H of the chain."""
-    utt = np.asarray(pairs.column("key1").to_pylist(), dtype=object)
-    hyp = np.asarray(pairs.column("key2").to_pylist(), dtype=object)
-    utterances = np.unique(utt) if len(utt) else np.array([], dtype=object)
-    rows = _lookup(utterances, utt)
-    cols = _lookup(interpretations, hyp)
-    if (cols < 0).any():
-        raise ValueError("an utterance's interpretation is missing from the chain's states")
-    counts = pairs.column("count").to_numpy().astype(np.float64)
-    c = sp.csr_matrix((counts, (rows, cols)), shape=(len(utterances), len(interpretations)))
+def build_space(utterances: np.ndarray, interpretations: np.ndarray, pair: np.ndarray) -> InterpretationSpace:
+    """The space over the sorted ``utterances`` and the chain's sorted H from coded pair
+    counts ``[n, 3]`` (u, h, c(u, h); ``raylib.rewrite.codes``)."""
+    c = sp.csr_matrix((pair[:, 2].astype(np.float64), (pair[:, 0], pair[:, 1])),
+                      shape=(len(utterances), len(interpretations)))
     return InterpretationSpace(utterances, interpretations, c)
 
 
