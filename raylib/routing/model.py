@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,11 +175,9 @@ def to_tensors(features: Features, rows=None) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(network: PolicyNetwork, features: Features, batch_size: int = 4096, threads: int = 1) -> "np.ndarray":
+def predict(network: PolicyNetwork, features: Features, batch_size: int = 4096, threads: int = 1) -> np.ndarray:
     """Network outputs for every request, in ORIGINAL candidate order: (B, T) float64
     (``threads`` torch intra-op threads while predicting)."""
-    import numpy as np
-
     network.eval()
     parts = []
     before = torch.get_num_threads()
