@@ -12,7 +12,7 @@ from raylib.graph.encoders import HashingNgramEncoder
 from raylib.graph.linkpred import LinkTestSet, link_prediction, popularity_scores, ranking_metrics
 from raylib.graph.models import SPECS, build_model, training_triples
 from raylib.graph.report import standing
-from raylib.graph.sampler import NonEdges, sample_subgraph
+from raylib.graph.sampler import MAX_MASS, NonEdges, integer_weights, popularity_weights, sample_subgraph
 from tests.test_graph_build import CUSTOMERS, SKILLS, interactions
 
 torch.set_num_threads(1)
@@ -40,6 +40,41 @@ def test_non_edges_sample_exactly_the_free_skills():
     neg = non_edges.sample(np.array([0, 1, 2, 3]), 2000, np.random.default_rng(0))
     assert set(neg[0]) == {0, 2} and (neg[1] == -1).all() and set(neg[2]) == {0, 1, 2} and set(neg[3]) == {0, 1, 2, 3}
     assert np.bincount(neg[2], minlength=4)[:3] / 2000 == pytest.approx([1 / 3] * 3, abs=0.05)  # uniform
+
+
+def test_popularity_non_edges_are_exact_and_follow_degree_to_the_alpha():
+    customers, skills = np.array([0, 0, 1, 1, 1, 1, 2, 4]), np.array([1, 3, 0, 1, 2, 3, 3, 4])
+    degree = np.array([40, 3, 0, 7, 1000])  # skill 4, by far the heaviest, is an edge of customer 4 only
+    weights = integer_weights(popularity_weights(degree, 0.75), num_customers=5)
+    assert (weights > 0).all() and 6 * weights.sum() < MAX_MASS
+    non_edges = NonEdges.of(customers, skills, 5, weights)
+    assert non_edges.count(np.arange(5)).tolist() == [3, 1, 4, 5, 4]
+    n = 100_000
+    neg = non_edges.sample(np.arange(5), n, np.random.default_rng(0))
+    assert set(neg[1]) == {4} and not np.isin(neg[4], [4]).any()
+    for c in range(5):  # exact reference: (degree + 1)^0.75 renormalized over the customer's free skills
+        free = np.setdiff1d(np.arange(5), skills[customers == c])
+        assert set(neg[c]) <= set(free.tolist())
+        reference = (degree[free] + 1.0) ** 0.75 / ((degree[free] + 1.0) ** 0.75).sum()
+        assert np.bincount(neg[c], minlength=5)[free] / n == pytest.approx(reference, abs=0.006), c
+    full = NonEdges.of(np.zeros(3, np.int64), np.arange(3), 3, integer_weights(np.array([1.0, 2.0, 4.0]), 1))
+    assert (full.sample(np.array([0]), 10, np.random.default_rng(0)) == -1).all()
+
+
+def test_unit_weights_are_the_uniform_sampler_draw_for_draw():
+    customers, skills = np.array([0, 0, 1, 1, 2]), np.array([1, 3, 0, 2, 3])
+    assert integer_weights(popularity_weights(np.array([5, 0, 2, 9]), 0.0), 3).tolist() == [1, 1, 1, 1]
+    uniform = NonEdges.of(customers, skills, 4).sample(np.arange(4), 50, np.random.default_rng(1))
+    unit = NonEdges.of(customers, skills, 4, np.ones(4, np.int64)).sample(np.arange(4), 50, np.random.default_rng(1))
+    assert np.array_equal(uniform, unit)
+
+
+def test_popularity_training_negatives_are_never_a_true_edge(tiny):
+    assert tiny.negative_sampler(0.0) is tiny.non_edges
+    sampler = tiny.negative_sampler(0.75)
+    edges, cust, skill, neg = training_triples(tiny, tiny.train_edges, np.random.default_rng(0), 50, sampler)
+    assert 1 not in cust and not any((c, s) in TRUE_PAIRS for c, row in zip(cust, neg) for s in row)
+    assert set(neg[cust == 0].ravel()) == {3} and set(neg[cust == 3].ravel()) == {0, 1}
 
 
 def test_training_negatives_are_never_a_true_edge_even_a_held_out_one(tiny):

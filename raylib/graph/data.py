@@ -9,7 +9,7 @@ import numpy as np
 
 from raylib.graph.build import CustomerSkillGraph, MessageGraph, csr
 from raylib.graph.pinsage import importance_neighbours
-from raylib.graph.sampler import NonEdges
+from raylib.graph.sampler import NonEdges, integer_weights, popularity_weights
 
 
 @dataclass
@@ -50,6 +50,17 @@ class GraphData:
     @property
     def utterance_dim(self) -> int:
         return self.utterance_vectors.shape[1]
+
+    def negative_sampler(self, alpha: float) -> NonEdges:
+        """The training negatives: the same non-edges as ``non_edges`` (every edge excluded,
+        held-out ones included), drawn with probability proportional to
+        ``(training degree + 1) ** alpha`` (``popularity_weights``); ``non_edges`` itself
+        (uniform) when alpha is 0."""
+        if alpha == 0:
+            return self.non_edges
+        degree = np.bincount(self.edge_skill[self.train_edges], minlength=self.num_skills)
+        weights = integer_weights(popularity_weights(degree, alpha), self.num_customers)
+        return NonEdges.of(self.edge_customer, self.edge_skill, self.num_skills, weights)
 
     @classmethod
     def from_graph(cls, graph: CustomerSkillGraph, utterance_vectors: np.ndarray, train_mask: np.ndarray,

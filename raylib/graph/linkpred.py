@@ -63,14 +63,17 @@ class LinkTestSet:
 
 
 @torch.no_grad()
-def link_scores(model: nn.Module, data: GraphData, test: LinkTestSet, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def link_scores(model: nn.Module, data: GraphData, test: LinkTestSet, personalize: bool = True,
+                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """``(positive [N], negative [N, K])`` link scores of ``model`` on ``test``, from the
     full-graph embeddings of the training graph (each edge personalized with its own
-    utterance when the model has the personalizer)."""
+    utterance when the model has the personalizer; ``personalize`` False: the customer
+    embedding ``h_u`` itself, as the store's "customers" table holds it)."""
     model.eval()
     hc, hs = model.embed(data)
     e = test.edges
-    hp = personalized(model, hc, data.edge_customer[e], data.edge_utterance[e], data.utterance_vectors)
+    hp = (personalized(model, hc, data.edge_customer[e], data.edge_utterance[e], data.utterance_vectors)
+          if personalize else hc[torch.as_tensor(data.edge_customer[e], device=hc.device)])
     skill, negatives = (torch.as_tensor(a, device=hs.device) for a in (data.edge_skill[e], test.negatives))
     scores = [inner_product_scores(hp[lo:lo + chunk], hs[skill[lo:lo + chunk]], hs[negatives[lo:lo + chunk]])
               for lo in range(0, len(e), chunk)]  # chunks bound the [chunk, K, d] negative embeddings

@@ -2,8 +2,9 @@
 
 Every model here trains on the same link-prediction objective and shares one interface:
 
-- ``make_batch(data, edges, rng, negatives)`` -> dict of numpy arrays for a batch of
-  training edges (numpy side, so it can run before tensors move to the device);
+- ``make_batch(data, edges, rng, negatives, non_edges)`` -> dict of numpy arrays for a
+  batch of training edges (numpy side, so it can run before tensors move to the device),
+  its negatives drawn from ``non_edges`` (None: ``data.non_edges``, uniform);
 - ``forward(**batch)`` -> ``(positive scores [B], negative scores [B, K])``: the inner
   products ``<h_u, h_s>`` of section 2 (``h_u`` personalized by Eq. 5 when enabled);
 - ``embed(data)`` -> ``(customer [U, d], skill [S, d])`` final embeddings of every node;
@@ -13,7 +14,8 @@ Every model here trains on the same link-prediction objective and shares one int
 
 A batch's own edges carry no messages into their scores (``sample_subgraph(exclude=)``), and
 negatives are drawn among the skills a customer has no edge to at all, held-out edges
-included (:class:`~raylib.graph.sampler.NonEdges`).
+included (:class:`~raylib.graph.sampler.NonEdges`), uniformly or by skill popularity
+(``GraphData.negative_sampler``).
 
 Variants (Table 4): ``RGCN`` is the backbone; ``EC`` adds the edge convolution of Eq. 1
 (``nnconv``, or ``factorized``); ``EAtt`` adds edge attention (Eq. 2-4); ``Per`` adds the
@@ -35,7 +37,7 @@ from raylib.graph.data import GraphData
 from raylib.graph.layers import EdgeAttention, EdgeConv, FactorizedEdgeConv, Personalizer
 from raylib.graph.objective import inner_product_scores
 from raylib.graph.pinsage import PinSageConv, output_head
-from raylib.graph.sampler import sample_subgraph
+from raylib.graph.sampler import NonEdges, sample_subgraph
 
 CONVS = {"nnconv": EdgeConv, "factorized": FactorizedEdgeConv}
 
@@ -77,11 +79,13 @@ def build_model(spec: ModelSpec, data: GraphData, dim: int = 64, layers: int = 2
                  fanouts=fanouts, keep_utterance=spec.keep_utterance)
 
 
-def training_triples(data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int):
+def training_triples(data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int,
+                     non_edges: NonEdges | None = None):
     """``(edges, customers, skills, negative skills [B, negatives])`` of a batch of training
-    edges; an edge whose customer is connected to every skill has no negative and is
-    dropped."""
-    neg = data.non_edges.sample(data.edge_customer[edges], negatives, rng)
+    edges, the negatives drawn from ``non_edges`` (None: ``data.non_edges``); an edge whose
+    customer is connected to every skill has no negative and is dropped."""
+    sampler = data.non_edges if non_edges is None else non_edges
+    neg = sampler.sample(data.edge_customer[edges], negatives, rng)
     keep = neg[:, 0] >= 0
     edges, neg = edges[keep], neg[keep]
     return edges, data.edge_customer[edges], data.edge_skill[edges], neg
@@ -119,9 +123,10 @@ class PDRFE(nn.Module):
         self.personalizer = Personalizer(dim, utterance_dim, keep_utterance=keep_utterance) if personalizer else None
         self.fanouts = list(fanouts)[:layers] + [fanouts[-1]] * max(0, layers - len(fanouts))
 
-    def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5) -> dict:
+    def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5,
+                   non_edges: NonEdges | None = None) -> dict:
         u = data.num_customers
-        edges, cust, skill, neg = training_triples(data, edges, rng, negatives)
+        edges, cust, skill, neg = training_triples(data, edges, rng, negatives, non_edges)
         sub = sample_subgraph(data.message, np.concatenate([cust, skill + u, neg.ravel() + u]), self.fanouts, rng,
                               exclude=edges)
         return {
@@ -207,8 +212,9 @@ class PinSage(nn.Module):
         for name in ("node_codes", "customer_neighbours", "customer_weights", "skill_neighbours", "skill_weights"):
             self.register_buffer(name, torch.as_tensor(getattr(data, name)), persistent=False)
 
-    def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5) -> dict:
-        _, cust, skill, neg = training_triples(data, edges, rng, negatives)
+    def make_batch(self, data: GraphData, edges: np.ndarray, rng: np.random.Generator, negatives: int = 5,
+                   non_edges: NonEdges | None = None) -> dict:
+        _, cust, skill, neg = training_triples(data, edges, rng, negatives, non_edges)
         return {"customer": cust, "positive": skill, "negative": neg}
 
     def embed_all(self) -> tuple[Tensor, Tensor]:

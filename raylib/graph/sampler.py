@@ -69,33 +69,86 @@ def sample_subgraph(graph: MessageGraph, seeds: np.ndarray, fanouts: list[int], 
     return Subgraph(nodes, edge_index, graph.eid[pos], graph.rel[pos])
 
 
+MAX_MASS = 2**62  # bound on (customers + 1) * total skill weight: every coordinate stays an int64
+
+
+def integer_weights(weights: np.ndarray, num_customers: int) -> np.ndarray:
+    """Skill weights as positive integers proportional to ``weights`` (all > 0), scaled so
+    that ``(num_customers + 1) * sum`` stays below ``MAX_MASS``: the largest weight becomes
+    ``Q = MAX_MASS // ((num_customers + 1) * S)``, every other ``max(1, round(w / max w * Q))``
+    (relative error <= 1 / (2 * its integer weight)); equal weights give exactly 1 each."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if len(weights) and np.all(weights == weights[0]):
+        return np.ones(len(weights), np.int64)
+    q = MAX_MASS // ((num_customers + 1) * len(weights))
+    return np.maximum(1, np.rint(weights / weights.max() * q)).astype(np.int64)
+
+
+def popularity_weights(degree: np.ndarray, alpha: float) -> np.ndarray:
+    """Negative-sampling weight of each skill, ``(degree + 1) ** alpha`` (word2vec's unigram
+    ``count ** 0.75`` with alpha = 0.75; the + 1 keeps a skill without training edges
+    drawable, and alpha = 0 is uniform)."""
+    return (np.asarray(degree, dtype=np.float64) + 1.0) ** alpha
+
+
 @dataclass
 class NonEdges:
-    """The skills each customer is NOT connected to (section 2's N^-(u)), for exact uniform
-    sampling without rejection. From the sorted unique keys ``u * S + s`` of the customer's
-    skills ``s_0 < s_1 < ...``, ``shifted = u * S + s_i - i`` is sorted too, and the r-th
-    free skill of u is ``r + #{i : s_i - i <= r}``."""
+    """The skills each customer is NOT connected to (section 2's N^-(u)), for exact
+    sampling without rejection, uniformly or with probability proportional to integer
+    skill weights ``w`` (uniform: all 1).
 
-    num_skills: int
+    Lay the skills on a line, skill s occupying ``[C(s), C(s) + w_s)`` with ``C`` the
+    prefix sums of ``w``; removing a customer's skills ``s_0 < s_1 < ...`` leaves its
+    free line of length ``F_u = C(S) - sum_i w_{s_i}``. Edge i sits at free coordinate
+    ``C(s_i) - R_i`` (``R_i = sum_{j<i} w_{s_j}``, non-decreasing in i), stored in
+    ``shifted`` as ``u * C(S) + C(s_i) - R_i`` so that one sorted array serves every
+    customer, with ``removed = R_i + w_{s_i}``. A free coordinate ``r in [0, F_u)`` lies
+    past exactly the edges with ``shifted <= u * C(S) + r``; with ``j`` of them it is the
+    skill at line coordinate ``r + R_j``. With unit weights this is ``r + #{i : s_i - i <= r}``,
+    the r-th free skill."""
+
+    cumulative: np.ndarray  # [S + 1] prefix sums of the integer skill weights
     shifted: np.ndarray
+    removed: np.ndarray
 
     @classmethod
-    def of(cls, customers: np.ndarray, skills: np.ndarray, num_skills: int) -> "NonEdges":
+    def of(cls, customers: np.ndarray, skills: np.ndarray, num_skills: int,
+           weights: np.ndarray | None = None) -> "NonEdges":
+        """Non-edges of the customer-skill pairs ``(customers[i], skills[i])`` (repeats
+        allowed); ``weights`` (positive integers, ``integer_weights``) None: uniform."""
+        w = np.ones(num_skills, np.int64) if weights is None else np.asarray(weights, np.int64)
+        cumulative = np.concatenate([[0], np.cumsum(w)])
         keys = np.unique(customers.astype(np.int64) * num_skills + skills)
-        first = np.searchsorted(keys, keys // num_skills * num_skills)
-        return cls(num_skills, keys - (np.arange(len(keys)) - first))
+        u, s = keys // num_skills, keys % num_skills
+        first = np.searchsorted(keys, u * num_skills)
+        through = np.cumsum(w[s])  # weight of the edges up to and including each, over all customers
+        removed = through - np.concatenate([[0], through])[first]
+        return cls(cumulative, u * cumulative[-1] + cumulative[s] - (removed - w[s]), removed)
+
+    @property
+    def num_skills(self) -> int:
+        return len(self.cumulative) - 1
+
+    def _bounds(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(base, first edge, free mass F_u)`` of each customer."""
+        total = self.cumulative[-1]
+        base = customers.astype(np.int64) * total
+        lo, hi = np.searchsorted(self.shifted, base), np.searchsorted(self.shifted, base + total)
+        return base, lo, total - np.where(hi > lo, self.removed[np.maximum(hi - 1, 0)], 0)
 
     def count(self, customers: np.ndarray) -> np.ndarray:
         """Number of skills each customer is not connected to."""
-        base = customers.astype(np.int64) * self.num_skills
-        deg = np.searchsorted(self.shifted, base + self.num_skills) - np.searchsorted(self.shifted, base)
+        base = customers.astype(np.int64) * self.cumulative[-1]
+        deg = np.searchsorted(self.shifted, base + self.cumulative[-1]) - np.searchsorted(self.shifted, base)
         return self.num_skills - deg
 
     def sample(self, customers: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-        """``[len(customers), k]`` skills drawn uniformly (with replacement) among those each
-        customer is not connected to; -1 for a customer connected to every skill."""
-        free = self.count(customers)[:, None]
-        r = (rng.random((len(customers), k)) * free).astype(np.int64)
-        base = customers.astype(np.int64)[:, None] * self.num_skills
-        before = np.searchsorted(self.shifted, base + r, side="right") - np.searchsorted(self.shifted, base)
-        return np.where(free > 0, r + before, -1)
+        """``[len(customers), k]`` skills drawn (with replacement) among those each customer
+        is not connected to, with probability proportional to their weights; -1 for a
+        customer connected to every skill."""
+        base, lo, free = self._bounds(customers)
+        r = (rng.random((len(customers), k)) * free[:, None]).astype(np.int64)
+        past = np.searchsorted(self.shifted, base[:, None] + r, side="right")
+        line = r + np.where(past > lo[:, None], self.removed[np.maximum(past - 1, 0)], 0)
+        skill = np.searchsorted(self.cumulative, line, side="right") - 1
+        return np.where(free[:, None] > 0, skill, -1)

@@ -12,7 +12,7 @@ loss; DDP averages the gradients. Checkpoints, resume and the device are the she
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import ray
@@ -34,6 +34,7 @@ class TrainConfig:
     fanouts: tuple[int, ...] = (10, 5)
     batch_size: int = 512
     negatives: int = 5
+    negative_alpha: float = 0.0  # negatives drawn ~ (skill training degree + 1) ** alpha; 0: uniform
     lr: float = 1e-3
     margin: float = 1.0
     epochs: int = 5
@@ -45,12 +46,14 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class LinkPrediction(trainer.Task):
     """Link prediction with ``spec`` on ``graph``: a GraphData, or on the Train workers an
-    ObjectRef of it (``shipped``) that ``build`` resolves once per process. Rows:
-    ``{"edge": training edge ids}``."""
+    ObjectRef of it (``shipped``) that ``build`` resolves once per process, with the
+    training negatives' sampler (``GraphData.negative_sampler`` of ``cfg.negative_alpha``).
+    Rows: ``{"edge": training edge ids}``."""
 
     spec: ModelSpec
     cfg: TrainConfig
     graph: object
+    non_edges: object = field(default=None, repr=False)
     unit = "edges"
 
     @classmethod
@@ -64,6 +67,7 @@ class LinkPrediction(trainer.Task):
     def build(self) -> torch.nn.Module:
         if isinstance(self.graph, ray.ObjectRef):
             self.graph = ray.get(self.graph)
+        self.non_edges = self.graph.negative_sampler(self.cfg.negative_alpha)
         torch.manual_seed(self.cfg.seed)
         return build_model(self.spec, self.graph, self.cfg.dim, self.cfg.layers, self.cfg.fanouts)
 
@@ -72,7 +76,7 @@ class LinkPrediction(trainer.Task):
 
     def prepare(self, network, rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
         """The sampled subgraph, utterances and negatives of a batch of edges."""
-        return network.make_batch(self.graph, rows["edge"], rng, self.cfg.negatives)
+        return network.make_batch(self.graph, rows["edge"], rng, self.cfg.negatives, self.non_edges)
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return max_margin_loss(*model(**batch), self.cfg.margin)
