@@ -85,7 +85,11 @@ def test_train_pdrfe_summary(world, local_ray):
     assert set(summary["link_prediction"][PDRFE]["all"]) == {"auc", "mrr", "hits@10", "edges"}
     affinity = summary["affinity"]  # --truth: the simulator's affinity against the graph and the embeddings
     assert 0 < affinity["in_graph"]["pairs_with_affinity"] <= affinity["in_graph"]["pairs"]
-    assert set(affinity["recovery"]) == {PDRFE, POPULARITY} and -1 <= affinity["recovery"][PDRFE] <= 1
+    plain = f"{PDRFE} {train_pdrfe.UNPERSONALIZED}"  # the personalizer's model: its h_u alone, as the router gets it
+    assert set(affinity["recovery"]) == {PDRFE, plain, POPULARITY}
+    assert all(-1 <= affinity["recovery"][name] <= 1 for name in (PDRFE, plain))
+    assert set(summary["link_prediction_customer_embedding"]) == {PDRFE}
+    assert set(summary["link_prediction_customer_embedding"][PDRFE]["all"]) == {"auc", "mrr", "hits@10", "edges"}
     assert affinity["oracle_link"]["affinity"]["all"]["edges"] <= summary["link_test_edges"]
     assert "## Does the graph carry the customer-skill affinity?" in (out / "report.md").read_text()
 
