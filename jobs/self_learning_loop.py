@@ -41,7 +41,7 @@ def parse_args(argv, prog):
     p.add_argument("--rounds", type=int, default=3, help="served rounds after the baseline round 0 (default 3)")
     p.add_argument("--route-requests", type=int, default=2000, help="routing requests per round (default 2000)")
     p.add_argument("--pdrfe-epochs", type=int, default=2, help="PDRFE link-prediction epochs (default 2)")
-    p.add_argument("--policy-epochs", type=int, default=6, help="RP/LP training epochs (default 6)")
+    p.add_argument("--policy-epochs", type=int, default=6, help="training epochs of the policy networks (RP, LP, reward models, the evaluation's too; default 6)")
     p.add_argument("--eval-requests", type=int, default=3000,
                    help="requests of the fixed evaluation set each round's true reward is measured on (default 3000)")
     p.add_argument("--min-customers", type=int, default=5,

@@ -144,9 +144,11 @@ def test_the_loop_evaluates_its_policy_on_the_held_out_rows(monkeypatch, tmp_pat
         return {"ope": {}, "decision": {"status": "pass"}, "evaluated_rows": {"rows": "test split", "count": 9}}
 
     monkeypatch.setattr(child, "run_job", fake_run_job)
-    outputs = child.Jobs(str(tmp_path), LoopSettings(), str(tmp_path / "store")).evaluate_policy("DATA", "v000001")
+    settings = LoopSettings(policy_epochs=2)
+    outputs = child.Jobs(str(tmp_path), settings, str(tmp_path / "store")).evaluate_policy("DATA", "v000001")
     [(module, args)] = calls
     assert module == "jobs.evaluate_policy" and "--held-out" in args and args[args.index("--data") + 1] == "DATA"
+    assert args[args.index("--epochs") + 1] == "2"  # its reward model trains as long as the policy's networks
     assert outputs["evaluated_rows"] == {"rows": "test split", "count": 9}
 
 

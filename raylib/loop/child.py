@@ -113,6 +113,7 @@ class Jobs:
         off-policy to estimate) and comes after this stage."""
         out, summary = self._run("jobs.evaluate_policy", "ope", [
             "--data", data, "--held-out", "--store", self.store_root, "--version", version,
+            "--epochs", str(self.s.policy_epochs),  # its reward model trains like the policy's networks
             "--replicates", OPE_REPLICATES, *self._guardrails()], GUARDED)
         return {"ope": summary.get("ope"), "decision": summary.get("decision"),
                 "evaluated_rows": summary.get("evaluated_rows"), "out": out}
