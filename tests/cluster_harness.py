@@ -50,6 +50,15 @@ class NodeExited(RuntimeError):
     """A node's ``ray start`` exited before the node joined the cluster."""
 
 
+def sigkill(processes: list[psutil.Process]) -> None:
+    """SIGKILL each of ``processes`` still running."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 class Node:
     """One ``ray start --block`` process: the head (``gcs`` None) or a worker joining ``gcs``."""
 
@@ -86,9 +95,13 @@ class Node:
         return self.log.read()[-4000:]
 
     def kill(self) -> None:
-        """A node failure: SIGKILL every process of this node at once."""
+        """A node failure: SIGKILL every process of this node at once, its workers outside
+        the process group included (a worker that outlived its node would go on running
+        from the temporary directory ``stop`` then deletes: a failure no real node has)."""
         if self.proc.poll() is None:
+            processes = psutil.Process(self.proc.pid).children(recursive=True)
             os.killpg(self.proc.pid, signal.SIGKILL)
+            sigkill(processes)
             self.proc.wait()
 
     def terminate(self) -> None:
@@ -107,11 +120,7 @@ class Node:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # only the session we started
                 self.proc.wait()
-        for process in self._processes:  # workers outside the process group outlive the node otherwise
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
+        sigkill(self._processes)  # workers outside the process group outlive the node otherwise
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
