@@ -129,24 +129,24 @@ class NonEdges:
     def num_skills(self) -> int:
         return len(self.cumulative) - 1
 
-    def _bounds(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(base, first edge, free mass F_u)`` of each customer."""
+    def _edges(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(base, lo, hi)`` of each customer: its offset ``u * C(S)`` in ``shifted`` and
+        the range ``[lo, hi)`` of its edges there."""
         total = self.cumulative[-1]
         base = customers.astype(np.int64) * total
-        lo, hi = np.searchsorted(self.shifted, base), np.searchsorted(self.shifted, base + total)
-        return base, lo, total - np.where(hi > lo, self.removed[np.maximum(hi - 1, 0)], 0)
+        return base, np.searchsorted(self.shifted, base), np.searchsorted(self.shifted, base + total)
 
     def count(self, customers: np.ndarray) -> np.ndarray:
         """Number of skills each customer is not connected to."""
-        base = customers.astype(np.int64) * self.cumulative[-1]
-        deg = np.searchsorted(self.shifted, base + self.cumulative[-1]) - np.searchsorted(self.shifted, base)
-        return self.num_skills - deg
+        _, lo, hi = self._edges(customers)
+        return self.num_skills - (hi - lo)
 
     def sample(self, customers: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """``[len(customers), k]`` skills drawn (with replacement) among those each customer
         is not connected to, with probability proportional to their weights; -1 for a
         customer connected to every skill."""
-        base, lo, free = self._bounds(customers)
+        base, lo, hi = self._edges(customers)
+        free = self.cumulative[-1] - np.where(hi > lo, self.removed[np.maximum(hi - 1, 0)], 0)  # F_u
         r = (rng.random((len(customers), k)) * free[:, None]).astype(np.int64)
         past = np.searchsorted(self.shifted, base[:, None] + r, side="right")
         line = r + np.where(past > lo[:, None], self.removed[np.maximum(past - 1, 0)], 0)
