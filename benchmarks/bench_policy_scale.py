@@ -59,7 +59,7 @@ def main() -> None:
 
     from raylib.routing.features import Vocabulary, encode
     from raylib.routing.hybrid import network_features
-    from raylib.routing.learn import LearnSettings
+    from raylib.routing.learn import LearnSettings, logged_columns
     from raylib.routing.train import TrainSettings, train_network, training_arrays
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,11 +71,10 @@ def main() -> None:
     log = pq.ParquetDataset(files).read()
     vocab = Vocabulary.fit(log)
     feats = network_features(encode(log, vocab), log, None)
-    arrays = training_arrays(feats, log.column("action").to_numpy().astype(np.int64),
-                             log.column("propensity").to_numpy().astype(np.float64),
-                             log.column("reward").to_numpy().astype(np.float64))
+    actions, propensity, reward = logged_columns(log)
+    arrays = training_arrays(feats, actions, propensity, reward)
     config = LearnSettings().network_config(vocab, TrainSettings())
-    settings = TrainSettings(epochs=1, baseline=float(log.column("reward").to_numpy().mean()))
+    settings = TrainSettings(epochs=1, baseline=float(reward.mean()))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     rows = []
     for i, n in enumerate(args.sizes):

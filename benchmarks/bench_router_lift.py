@@ -24,25 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from raylib.job import EXIT_OK
+from raylib.loop.child import GUARDED, run_job
+
 POLICIES = ("rp", "lp", "hp")
-PUBLISHED_OR_REJECTED = (0, 3)  # train-policy: published, or rejected by its guard-rails
 
 
-def job(module: str, args: list[str], ok=(0,)) -> dict:
-    """Run ``python -m jobs.<module> ARGS --out OUT`` and return OUT's summary.json."""
-    out = args[args.index("--out") + 1]
-    proc = subprocess.run([sys.executable, "-m", f"jobs.{module}", *args, "--log-level", "WARNING"],
-                          capture_output=True, text=True)
-    if proc.returncode not in ok:
-        raise RuntimeError(f"jobs.{module} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return json.loads(Path(out, "summary.json").read_text())
+def job(module: str, out: Path, args: list[str], ok=(EXIT_OK,)) -> dict:
+    """Run ``python -m jobs.<module> --out OUT ARGS`` as the loop runs its child jobs (its
+    output in OUT.log); OUT's summary.json."""
+    return run_job(f"jobs.{module}", str(out), [*args, "--log-level", "WARNING"], f"{out}.log", ok)
 
 
 def std(values) -> float | None:
@@ -68,17 +65,16 @@ def one_seed(seed: int, args, work: Path) -> dict:
     t0 = time.time()
     d = work / f"seed{seed}"
     sim = d / "sim"
-    job("simulate", ["--out", str(sim), "--preset", args.preset, "--seed", str(seed)])
-    pdrfe = job("train_pdrfe", [
-        "--data", str(sim), "--out", str(d / "pdrfe"), "--store", str(d / "store_embeddings"), "--truth", str(sim),
+    job("simulate", sim, ["--preset", args.preset, "--seed", str(seed)])
+    pdrfe = job("train_pdrfe", d / "pdrfe", [
+        "--data", str(sim), "--store", str(d / "store_embeddings"), "--truth", str(sim),
         "--models", args.model, "--publish-model", args.model, "--epochs", str(args.pdrfe_epochs), "--num-workers", "1",
         "--negative-alpha", str(args.negative_alpha), "--seed", str(seed)])
     policy = ["--data", str(sim), "--epochs", str(args.policy_epochs), "--num-workers", "0",
               "--replicates", str(args.replicates), "--seed", str(seed)]
-    without = job("train_policy", [*policy, "--out", str(d / "policy"), "--store", str(d / "store_plain")],
-                  PUBLISHED_OR_REJECTED)
-    with_emb = job("train_policy", [*policy, "--out", str(d / "policy_embeddings"), "--store",
-                                    str(d / "store_embeddings"), "--embeddings", "latest"], PUBLISHED_OR_REJECTED)
+    without = job("train_policy", d / "policy", [*policy, "--store", str(d / "store_plain")], GUARDED)
+    with_emb = job("train_policy", d / "policy_embeddings",
+                   [*policy, "--store", str(d / "store_embeddings"), "--embeddings", "latest"], GUARDED)
     name = args.model
     row = {
         "seed": seed,

@@ -84,7 +84,8 @@ class Refresh:
     speed: dict[str, dict]  # per network on Ray Train: TrainResult.speed
 
 
-def _columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def logged_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The routing log's ``(action, propensity, reward)`` columns as int64 / float64 arrays."""
     return (
         table.column("action").to_numpy().astype(np.int64),
         table.column("propensity").to_numpy().astype(np.float64),
@@ -100,7 +101,7 @@ def _train(config: NetworkConfig, arrays: dict, objective: str, train: TrainSett
 def fit_reward_model(table: pa.Table, vocab: Vocabulary, s: LearnSettings) -> tuple[RewardModel, TrainResult]:
     """Regress logged rewards on (X, a) with the policy architecture's reward head."""
     feats = encode(table, vocab, s.embeddings)
-    actions, _, reward = _columns(table)
+    actions, _, reward = logged_columns(table)
     config = s.network_config(vocab, s.reward, head="reward")
     result = _train(config, training_arrays(feats, actions, reward=reward), "reward", s.reward, s)
     return RewardModel(vocab, result.network, s.embeddings), result
@@ -177,7 +178,7 @@ def learn_hybrid(
     vocab = fixed_rp.vocab if fixed_rp is not None else Vocabulary.fit(train)
     base = encode(train, vocab)
     feats = network_features(base, train, s.embeddings)  # what the new networks read
-    actions, propensity, reward = _columns(train)
+    actions, propensity, reward = logged_columns(train)
     results: dict[str, TrainResult] = {}
 
     if fixed_rp is not None:
