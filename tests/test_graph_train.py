@@ -85,3 +85,5 @@ def test_job_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert main(["--data", data_dir, "--out", str(tmp_path / "o"), "--models", "GAT"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    assert main(["--data", data_dir, "--out", str(tmp_path / "o"), "--negative-alpha", "3"]) == 2
+    assert "--negative-alpha within [0, 2]" in capsys.readouterr().err
